@@ -1,0 +1,195 @@
+//! The wire encoding: a small header, then postcard (compact, positional serde).
+//!
+//! A stream carries one `Full` message, then `Delta`s against it. A reader
+//! refuses a frame of another schema version rather than misreading it.
+
+use crate::{
+    diff_maps, BackendSet, Certificate, L4Service, PoliciesPart, RoutesPart, Snapshot, Versioned,
+    SCHEMA_VERSION,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+const MAGIC: &[u8; 4] = b"PIER";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("not a pier snapshot frame (bad magic)")]
+    BadMagic,
+    #[error("snapshot schema {found} is not the schema {expected} this build reads")]
+    Schema { found: u32, expected: u32 },
+    #[error("frame truncated")]
+    Truncated,
+    #[error("malformed frame: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error("delta expects {part} at version {expected}, have {have}")]
+    DeltaBase {
+        part: &'static str,
+        expected: u64,
+        have: u64,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    Full(Snapshot),
+    Delta(Delta),
+}
+
+/// Changes to bring a snapshot from one set of part versions to the next.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    pub routes: Option<PartReplace<RoutesPart>>,
+    pub backends: Option<KeyedDelta<BackendSet>>,
+    pub services: Option<KeyedDelta<L4Service>>,
+    pub policies: Option<PartReplace<PoliciesPart>>,
+    pub certificates: Option<KeyedDelta<Certificate>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartReplace<T> {
+    pub base_version: u64,
+    pub next: Versioned<T>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyedDelta<T> {
+    pub base_version: u64,
+    pub version: u64,
+    pub upsert: BTreeMap<String, T>,
+    pub remove: Vec<String>,
+}
+
+pub fn encode(message: &Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&SCHEMA_VERSION.to_le_bytes());
+    // Serialising owned plain data into a Vec cannot fail.
+    postcard::to_extend(message, out).expect("postcard encoding into a Vec")
+}
+
+pub fn decode(frame: &[u8]) -> Result<Message, WireError> {
+    if frame.len() < 8 {
+        return Err(WireError::Truncated);
+    }
+    if &frame[..4] != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let found = u32::from_le_bytes(frame[4..8].try_into().expect("4 bytes"));
+    if found != SCHEMA_VERSION {
+        return Err(WireError::Schema {
+            found,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    Ok(postcard::from_bytes(&frame[8..])?)
+}
+
+fn keyed_delta<T: Clone + PartialEq>(
+    old: &Versioned<BTreeMap<String, T>>,
+    new: &Versioned<BTreeMap<String, T>>,
+) -> Option<KeyedDelta<T>> {
+    if old.version == new.version && old.data == new.data {
+        return None;
+    }
+    let changes = diff_maps(&old.data, &new.data);
+    let upsert = changes
+        .added
+        .iter()
+        .chain(&changes.changed)
+        .map(|k| (k.clone(), new.data[k].clone()))
+        .collect();
+    Some(KeyedDelta {
+        base_version: old.version,
+        version: new.version,
+        upsert,
+        remove: changes.removed,
+    })
+}
+
+fn part_replace<T: Clone + PartialEq>(
+    old: &Versioned<T>,
+    new: &Versioned<T>,
+) -> Option<PartReplace<T>> {
+    (old.version != new.version || old.data != new.data).then(|| PartReplace {
+        base_version: old.version,
+        next: new.clone(),
+    })
+}
+
+/// The delta that turns `old` into `new`.
+pub fn make_delta(old: &Snapshot, new: &Snapshot) -> Delta {
+    Delta {
+        routes: part_replace(&old.routes, &new.routes),
+        backends: keyed_delta(&old.backends, &new.backends),
+        services: keyed_delta(&old.services, &new.services),
+        policies: part_replace(&old.policies, &new.policies),
+        certificates: keyed_delta(&old.certificates, &new.certificates),
+    }
+}
+
+fn check_base(part: &'static str, expected: u64, have: u64) -> Result<(), WireError> {
+    if expected == have {
+        Ok(())
+    } else {
+        Err(WireError::DeltaBase {
+            part,
+            expected,
+            have,
+        })
+    }
+}
+
+fn apply_keyed<T>(target: &mut Versioned<BTreeMap<String, T>>, delta: KeyedDelta<T>) {
+    for key in delta.remove {
+        target.data.remove(&key);
+    }
+    target.data.extend(delta.upsert);
+    target.version = delta.version;
+}
+
+/// Applies `delta` to a copy of `base`. The base is left untouched when any
+/// part's base version does not match (the reader must then ask for a full snapshot).
+pub fn apply_delta(base: &Snapshot, delta: Delta) -> Result<Snapshot, WireError> {
+    if let Some(d) = &delta.routes {
+        check_base("routes", d.base_version, base.routes.version)?;
+    }
+    if let Some(d) = &delta.backends {
+        check_base("backends", d.base_version, base.backends.version)?;
+    }
+    if let Some(d) = &delta.services {
+        check_base("services", d.base_version, base.services.version)?;
+    }
+    if let Some(d) = &delta.policies {
+        check_base("policies", d.base_version, base.policies.version)?;
+    }
+    if let Some(d) = &delta.certificates {
+        check_base("certificates", d.base_version, base.certificates.version)?;
+    }
+    let mut next = base.clone();
+    if let Some(d) = delta.routes {
+        next.routes = d.next;
+    }
+    if let Some(d) = delta.backends {
+        apply_keyed(&mut next.backends, d);
+    }
+    if let Some(d) = delta.services {
+        apply_keyed(&mut next.services, d);
+    }
+    if let Some(d) = delta.policies {
+        next.policies = d.next;
+    }
+    if let Some(d) = delta.certificates {
+        apply_keyed(&mut next.certificates, d);
+    }
+    Ok(next)
+}
+
+/// Decodes any serde value written by [`encode_value`]; used for single parts.
+pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    Ok(postcard::from_bytes(bytes)?)
+}
+
+pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("postcard encoding into a Vec")
+}
