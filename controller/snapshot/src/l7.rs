@@ -64,6 +64,9 @@ pub enum SniAction {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VirtualHost {
     pub hostname: HostPattern,
+    /// Ingress wildcards match exactly one label (`*.a.com` matches `b.a.com`,
+    /// not `c.b.a.com`); Gateway API wildcards match one or more.
+    pub single_label_wildcard: bool,
     /// In precedence order: the first entry whose match succeeds wins.
     pub routes: Vec<HttpRouteEntry>,
 }

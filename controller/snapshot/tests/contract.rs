@@ -35,6 +35,7 @@ fn sample() -> Snapshot {
         tls: vec![],
         virtual_hosts: vec![VirtualHost {
             hostname: "*".into(),
+            single_label_wildcard: false,
             routes: vec![HttpRouteEntry {
                 source,
                 matcher: RequestMatch::default(),

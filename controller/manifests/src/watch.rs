@@ -1,0 +1,38 @@
+//! Re-reads the manifest folder when anything in it changes.
+
+use crate::{load_dir, ManifestErrors};
+use notify::{RecursiveMode, Watcher};
+use pier_translate::ClusterState;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Editors write files in several steps; wait for this much quiet before reloading.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Calls `on_change` with a fresh load of `dir` after every burst of changes.
+/// The returned watcher stops watching when dropped.
+pub fn watch(
+    dir: &Path,
+    on_change: impl Fn(Result<ClusterState, ManifestErrors>) + Send + 'static,
+) -> notify::Result<notify::RecommendedWatcher> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
+    let dir = dir.to_path_buf();
+    std::thread::Builder::new()
+        .name("pier-manifest-watch".into())
+        .spawn(move || {
+            // Ends when the watcher (and with it the sender) is dropped.
+            while rx.recv().is_ok() {
+                while rx.recv_timeout(SETTLE).is_ok() {}
+                on_change(load_dir(&dir));
+            }
+        })
+        .map_err(|e| notify::Error::generic(&e.to_string()))?;
+    Ok(watcher)
+}
