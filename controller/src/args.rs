@@ -5,7 +5,11 @@ use pier_translate::TranslateOptions;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "pier-controller", version, about = "pier's control plane: Kubernetes objects in, snapshots and status out")]
+#[command(
+    name = "pier-controller",
+    version,
+    about = "pier's control plane: Kubernetes objects in, snapshots and status out"
+)]
 pub struct Args {
     #[command(subcommand)]
     pub command: Command,
@@ -77,7 +81,9 @@ pub struct RequestArgs {
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (name, value) = s.split_once(':').ok_or_else(|| format!("header {s:?} is not `name: value`"))?;
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("header {s:?} is not `name: value`"))?;
     let name = name.trim();
     if name.is_empty() {
         return Err(format!("header {s:?} has an empty name"));

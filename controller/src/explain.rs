@@ -30,7 +30,9 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
     };
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            let port: u16 = p.parse().map_err(|_| anyhow::anyhow!("URL {url:?} has an invalid port {p:?}"))?;
+            let port: u16 = p
+                .parse()
+                .map_err(|_| anyhow::anyhow!("URL {url:?} has an invalid port {p:?}"))?;
             (h.to_string(), port)
         }
         _ => (authority.to_string(), if tls { 443 } else { 80 }),
@@ -42,14 +44,30 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (path_query.to_string(), None),
     };
-    Ok(ParsedUrl { tls, host, port, path, query })
+    Ok(ParsedUrl {
+        tls,
+        host,
+        port,
+        path,
+        query,
+    })
 }
 
 pub fn explain(out: &Translation, request: &RequestArgs) -> Result<String> {
     let url = parse_url(&request.url)?;
-    let table = RouteTable::build(&out.snapshot).map_err(|e| anyhow::anyhow!("the snapshot does not build a route table: {e}"))?;
-    let sni = if url.tls { Some(request.sni.clone().unwrap_or_else(|| url.host.clone())) } else { None };
-    let host_header = request.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map(|(_, v)| v.clone()).unwrap_or_else(|| url.host.clone());
+    let table = RouteTable::build(&out.snapshot)
+        .map_err(|e| anyhow::anyhow!("the snapshot does not build a route table: {e}"))?;
+    let sni = if url.tls {
+        Some(request.sni.clone().unwrap_or_else(|| url.host.clone()))
+    } else {
+        None
+    };
+    let host_header = request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| url.host.clone());
     let req = RequestInfo {
         port: url.port,
         sni: sni.as_deref(),
@@ -60,9 +78,31 @@ pub fn explain(out: &Translation, request: &RequestArgs) -> Result<String> {
         headers: &request.headers,
     };
     let mut text = String::new();
-    writeln!(text, "{} {} (port {}, Host {host_header}{})", request.method, request.url, url.port, sni.as_ref().map(|s| format!(", SNI {s}")).unwrap_or_default())?;
-    if let Some(l) = out.snapshot.routes.data.listeners.iter().find(|l| l.port == url.port) {
-        writeln!(text, "listener: port {} {:?} from {}", l.port, l.protocol, l.sources.join(", "))?;
+    writeln!(
+        text,
+        "{} {} (port {}, Host {host_header}{})",
+        request.method,
+        request.url,
+        url.port,
+        sni.as_ref()
+            .map(|s| format!(", SNI {s}"))
+            .unwrap_or_default()
+    )?;
+    if let Some(l) = out
+        .snapshot
+        .routes
+        .data
+        .listeners
+        .iter()
+        .find(|l| l.port == url.port)
+    {
+        writeln!(
+            text,
+            "listener: port {} {:?} from {}",
+            l.port,
+            l.protocol,
+            l.sources.join(", ")
+        )?;
     }
     let (selection, trace) = table.explain(&req);
     for line in trace {
@@ -90,7 +130,9 @@ pub fn explain(out: &Translation, request: &RequestArgs) -> Result<String> {
                     }
                 }
                 RouteAction::Redirect(r) => writeln!(text, "  redirect {} {r:?}", r.status)?,
-                RouteAction::Respond { status, reason } => writeln!(text, "  answers {status}: {reason}")?,
+                RouteAction::Respond { status, reason } => {
+                    writeln!(text, "  answers {status}: {reason}")?
+                }
             }
             if !entry.filters.is_empty() {
                 writeln!(text, "  filters: {:?}", entry.filters)?;
@@ -109,7 +151,10 @@ mod tests {
     fn urls_parse_with_default_ports() {
         let u = parse_url("https://a.example.com/x/y?q=1").unwrap();
         assert!(u.tls);
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str(), u.query.as_deref()), ("a.example.com", 443, "/x/y", Some("q=1")));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str(), u.query.as_deref()),
+            ("a.example.com", 443, "/x/y", Some("q=1"))
+        );
         let u = parse_url("http://a:8080").unwrap();
         assert_eq!((u.port, u.path.as_str()), (8080, "/"));
         assert!(parse_url("ftp://a").is_err());

@@ -13,7 +13,9 @@ fn main() {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(args) {
@@ -25,7 +27,9 @@ fn main() {
 fn run(args: Args) -> Result<()> {
     match args.command {
         Command::Translate { source, output } => {
-            let state = pier_manifests::load_dir(&source.manifests).map_err(anyhow::Error::new).context("cannot load manifests")?;
+            let state = pier_manifests::load_dir(&source.manifests)
+                .map_err(anyhow::Error::new)
+                .context("cannot load manifests")?;
             let out = translate(&state, &source.options());
             let doc = out.to_document();
             match output {
@@ -35,7 +39,9 @@ fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Explain { source, request } => {
-            let state = pier_manifests::load_dir(&source.manifests).map_err(anyhow::Error::new).context("cannot load manifests")?;
+            let state = pier_manifests::load_dir(&source.manifests)
+                .map_err(anyhow::Error::new)
+                .context("cannot load manifests")?;
             let out = translate(&state, &source.options());
             let text = explain::explain(&out, &request)?;
             print!("{text}");
@@ -49,7 +55,10 @@ fn run(args: Args) -> Result<()> {
 fn watch(source: args::Source) -> Result<()> {
     let options = source.options();
     let mut current = pier_snapshot::Snapshot::empty();
-    let mut apply = move |loaded: Result<pier_translate::ClusterState, pier_manifests::ManifestErrors>| match loaded {
+    let mut apply = move |loaded: Result<
+        pier_translate::ClusterState,
+        pier_manifests::ManifestErrors,
+    >| match loaded {
         Ok(state) => {
             let out = translate(&state, &options);
             let statuses = out.statuses.len();
@@ -59,8 +68,12 @@ fn watch(source: args::Source) -> Result<()> {
                 routes_version = current.routes.version,
                 backends_version = current.backends.version,
                 services_version = current.services.version,
-                listeners_changed = diff.listeners.added.len() + diff.listeners.removed.len() + diff.listeners.changed.len(),
-                backends_changed = diff.backends.added.len() + diff.backends.removed.len() + diff.backends.changed.len(),
+                listeners_changed = diff.listeners.added.len()
+                    + diff.listeners.removed.len()
+                    + diff.listeners.changed.len(),
+                backends_changed = diff.backends.added.len()
+                    + diff.backends.removed.len()
+                    + diff.backends.changed.len(),
                 statuses,
                 warnings,
                 "translated"

@@ -30,7 +30,11 @@ pub struct ManifestErrors(pub Vec<ManifestError>);
 pub fn load_dir(dir: &Path) -> Result<ClusterState, ManifestErrors> {
     let mut files = Vec::new();
     collect_files(dir, &mut files).map_err(|e| {
-        ManifestErrors(vec![ManifestError { file: dir.to_path_buf(), line: 0, message: format!("cannot read folder: {e}") }])
+        ManifestErrors(vec![ManifestError {
+            file: dir.to_path_buf(),
+            line: 0,
+            message: format!("cannot read folder: {e}"),
+        }])
     })?;
     files.sort();
     let mut state = ClusterState::default();
@@ -38,7 +42,11 @@ pub fn load_dir(dir: &Path) -> Result<ClusterState, ManifestErrors> {
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => loader.parse(&file, &text, &mut state),
-            Err(e) => loader.errors.push(ManifestError { file: file.clone(), line: 0, message: format!("cannot read: {e}") }),
+            Err(e) => loader.errors.push(ManifestError {
+                file: file.clone(),
+                line: 0,
+                message: format!("cannot read: {e}"),
+            }),
         }
     }
     loader.finish(state)
@@ -55,13 +63,19 @@ pub fn load_str(file: &Path, text: &str) -> Result<ClusterState, ManifestErrors>
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue;
         }
         if path.is_dir() {
             collect_files(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }
@@ -83,13 +97,19 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let trimmed = line.trim_end();
         if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
-            docs.push(Document { text: &text[start_byte..offset], first_line: start_line });
+            docs.push(Document {
+                text: &text[start_byte..offset],
+                first_line: start_line,
+            });
             start_byte = offset + line.len();
             start_line = i + 2;
         }
         offset += line.len();
     }
-    docs.push(Document { text: &text[start_byte..], first_line: start_line });
+    docs.push(Document {
+        text: &text[start_byte..],
+        first_line: start_line,
+    });
     docs
 }
 
@@ -121,13 +141,21 @@ fn shift_lines(message: &str, offset: usize) -> String {
 fn line_of_key(doc: &Document<'_>, key: &str) -> usize {
     doc.text
         .lines()
-        .position(|l| l.trim_start().trim_start_matches("- ").starts_with(&format!("{key}:")))
+        .position(|l| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .starts_with(&format!("{key}:"))
+        })
         .map_or(doc.first_line, |i| doc.first_line + i)
 }
 
 impl Loader {
     fn error(&mut self, file: &Path, line: usize, message: impl Into<String>) {
-        self.errors.push(ManifestError { file: file.to_path_buf(), line, message: message.into() });
+        self.errors.push(ManifestError {
+            file: file.to_path_buf(),
+            line,
+            message: message.into(),
+        });
     }
 
     fn parse(&mut self, file: &Path, text: &str, state: &mut ClusterState) {
@@ -140,8 +168,17 @@ impl Loader {
         let value: serde_json::Value = match serde_yaml_ng::from_str(doc.text) {
             Ok(v) => v,
             Err(e) => {
-                let line = e.location().map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
-                self.error(file, line, format!("invalid YAML: {}", shift_lines(&e.to_string(), doc.first_line - 1)));
+                let line = e
+                    .location()
+                    .map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "invalid YAML: {}",
+                        shift_lines(&e.to_string(), doc.first_line - 1)
+                    ),
+                );
                 return;
             }
         };
@@ -149,41 +186,61 @@ impl Loader {
             return; // an empty document (comments only) is fine
         }
         let (Some(api_version), Some(kind)) = (
-            value.get("apiVersion").and_then(|v| v.as_str()).map(String::from),
+            value
+                .get("apiVersion")
+                .and_then(|v| v.as_str())
+                .map(String::from),
             value.get("kind").and_then(|v| v.as_str()).map(String::from),
         ) else {
             self.error(file, doc.first_line, "document has no apiVersion and kind");
             return;
         };
         if kind == "List" {
-            self.error(file, doc.first_line, "kind List is not supported: write one document per object");
+            self.error(
+                file,
+                doc.first_line,
+                "kind List is not supported: write one document per object",
+            );
             return;
         }
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         macro_rules! take {
             ($field:ident, $ty:ty) => {
-                self.typed::<$ty>(file, doc, &value, &kind).map(|o| state.$field.push(o))
+                self.typed::<$ty>(file, doc, &value, &kind)
+                    .map(|o| state.$field.push(o))
             };
         }
         use gateway_api::experimental as gw;
-        use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery, networking::v1 as net};
+        use k8s_openapi::api::{
+            core::v1 as core, discovery::v1 as discovery, networking::v1 as net,
+        };
         let known = match (group, kind.as_str()) {
             ("", "Namespace") => take!(namespaces, core::Namespace),
             ("", "Service") => take!(services, core::Service),
             ("", "Secret") => take!(secrets, core::Secret),
             ("", "Pod") => take!(pods, core::Pod),
-            ("discovery.k8s.io", "EndpointSlice") => take!(endpoint_slices, discovery::EndpointSlice),
+            ("discovery.k8s.io", "EndpointSlice") => {
+                take!(endpoint_slices, discovery::EndpointSlice)
+            }
             ("networking.k8s.io", "Ingress") => take!(ingresses, net::Ingress),
             ("networking.k8s.io", "IngressClass") => take!(ingress_classes, net::IngressClass),
             ("networking.k8s.io", "NetworkPolicy") => take!(network_policies, net::NetworkPolicy),
-            ("gateway.networking.k8s.io", "GatewayClass") => take!(gateway_classes, gw::gatewayclasses::GatewayClass),
+            ("gateway.networking.k8s.io", "GatewayClass") => {
+                take!(gateway_classes, gw::gatewayclasses::GatewayClass)
+            }
             ("gateway.networking.k8s.io", "Gateway") => take!(gateways, gw::gateways::Gateway),
-            ("gateway.networking.k8s.io", "HTTPRoute") => take!(http_routes, gw::httproutes::HttpRoute),
-            ("gateway.networking.k8s.io", "GRPCRoute") => take!(grpc_routes, gw::grpcroutes::GrpcRoute),
+            ("gateway.networking.k8s.io", "HTTPRoute") => {
+                take!(http_routes, gw::httproutes::HttpRoute)
+            }
+            ("gateway.networking.k8s.io", "GRPCRoute") => {
+                take!(grpc_routes, gw::grpcroutes::GrpcRoute)
+            }
             ("gateway.networking.k8s.io", "TLSRoute") => take!(tls_routes, gw::tlsroutes::TlsRoute),
             ("gateway.networking.k8s.io", "TCPRoute") => take!(tcp_routes, gw::tcproutes::TcpRoute),
             ("gateway.networking.k8s.io", "UDPRoute") => take!(udp_routes, gw::udproutes::UdpRoute),
-            ("gateway.networking.k8s.io", "ReferenceGrant") => take!(reference_grants, gw::referencegrants::ReferenceGrant),
+            ("gateway.networking.k8s.io", "ReferenceGrant") => {
+                take!(reference_grants, gw::referencegrants::ReferenceGrant)
+            }
             _ => {
                 let line = line_of_key(doc, "kind");
                 self.error(file, line, format!("unknown kind {kind} ({api_version}); pier reads Namespace, Service, Secret, Pod, EndpointSlice, Ingress, IngressClass, NetworkPolicy and the Gateway API kinds"));
@@ -204,14 +261,27 @@ impl Loader {
         let mut object: T = match serde_yaml_ng::from_str(doc.text) {
             Ok(o) => o,
             Err(e) => {
-                let line = e.location().map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
-                self.error(file, line, format!("invalid {kind}: {}", shift_lines(&e.to_string(), doc.first_line - 1)));
+                let line = e
+                    .location()
+                    .map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
+                self.error(
+                    file,
+                    line,
+                    format!(
+                        "invalid {kind}: {}",
+                        shift_lines(&e.to_string(), doc.first_line - 1)
+                    ),
+                );
                 return None;
             }
         };
         let round_trip = serde_json::to_value(&object).unwrap_or_default();
         if let Some(path) = strict::first_unknown_field(value, &round_trip) {
-            let key = path.rsplit('.').next().unwrap_or(&path).trim_end_matches(']');
+            let key = path
+                .rsplit('.')
+                .next()
+                .unwrap_or(&path)
+                .trim_end_matches(']');
             let line = line_of_key(doc, key.split('[').next().unwrap_or(key));
             self.error(file, line, format!("{kind}: unknown field `{path}`"));
             return None;
@@ -225,9 +295,20 @@ impl Loader {
         if namespaced && meta.namespace.is_none() {
             meta.namespace = Some("default".into());
         }
-        let id = (kind.to_string(), meta.namespace.clone().unwrap_or_default(), name.clone());
+        let id = (
+            kind.to_string(),
+            meta.namespace.clone().unwrap_or_default(),
+            name.clone(),
+        );
         if let Some((first_file, first_line)) = self.seen.get(&id) {
-            let message = format!("duplicate {kind} {}{name}: first defined at {}:{first_line}", meta.namespace.as_ref().map(|n| format!("{n}/")).unwrap_or_default(), first_file.display());
+            let message = format!(
+                "duplicate {kind} {}{name}: first defined at {}:{first_line}",
+                meta.namespace
+                    .as_ref()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default(),
+                first_file.display()
+            );
             self.error(file, doc.first_line, message);
             return None;
         }
@@ -283,7 +364,12 @@ mod tests {
     use super::*;
 
     fn errors(text: &str) -> Vec<String> {
-        load_str(Path::new("m.yaml"), text).unwrap_err().0.iter().map(ToString::to_string).collect()
+        load_str(Path::new("m.yaml"), text)
+            .unwrap_err()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
@@ -295,8 +381,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(state.services.len(), 1);
-        assert_eq!(state.services[0].metadata.namespace.as_deref(), Some("default"));
-        assert_eq!(state.http_routes[0].metadata.namespace.as_deref(), Some("apps"));
+        assert_eq!(
+            state.services[0].metadata.namespace.as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            state.http_routes[0].metadata.namespace.as_deref(),
+            Some("apps")
+        );
     }
 
     #[test]
@@ -310,16 +402,28 @@ mod tests {
     #[test]
     fn unknown_kinds_and_fields_are_errors_with_lines() {
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n");
-        assert!(e[0].starts_with("m.yaml:6: unknown kind Deployment"), "{e:?}");
+        assert!(
+            e[0].starts_with("m.yaml:6: unknown kind Deployment"),
+            "{e:?}"
+        );
         let e = errors("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: 80\n    targetPortt: 8080\n");
-        assert!(e[0].starts_with("m.yaml:8: Service: unknown field `spec.ports[0].targetPortt`"), "{e:?}");
+        assert!(
+            e[0].starts_with("m.yaml:8: Service: unknown field `spec.ports[0].targetPortt`"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn wrong_types_and_duplicates_are_errors() {
         let e = errors("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  ports:\n  - port: eighty\n");
-        assert!(e[0].starts_with("m.yaml:") && e[0].contains("invalid Service"), "{e:?}");
+        assert!(
+            e[0].starts_with("m.yaml:") && e[0].contains("invalid Service"),
+            "{e:?}"
+        );
         let e = errors("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n");
-        assert!(e[0].starts_with("m.yaml:5: duplicate Namespace a: first defined at m.yaml:1"), "{e:?}");
+        assert!(
+            e[0].starts_with("m.yaml:5: duplicate Namespace a: first defined at m.yaml:1"),
+            "{e:?}"
+        );
     }
 }

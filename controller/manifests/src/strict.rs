@@ -12,7 +12,11 @@ pub(crate) fn first_unknown_field(input: &Value, typed: &Value) -> Option<String
 fn walk(input: &Value, typed: &Value, path: String) -> Option<String> {
     match (input, typed) {
         (Value::Object(a), Value::Object(b)) => a.iter().find_map(|(k, v)| {
-            let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            let here = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
             match b.get(k) {
                 None if !v.is_null() && !is_empty(v) => Some(here),
                 None => None,

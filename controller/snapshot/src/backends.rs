@@ -41,7 +41,7 @@ impl BackendSet {
     /// The endpoints traffic may go to, among those `eligible` says may be
     /// considered: the ready ones, or, when none is ready, the ones still
     /// serving while terminating (the Kubernetes terminating-fallback rule).
-    pub fn usable<'a>(&'a self, eligible: impl Fn(&Endpoint) -> bool) -> Vec<&'a Endpoint> {
+    pub fn usable(&self, eligible: impl Fn(&Endpoint) -> bool) -> Vec<&Endpoint> {
         let ready: Vec<&Endpoint> = self
             .endpoints
             .iter()

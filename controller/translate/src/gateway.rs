@@ -5,10 +5,14 @@ use crate::hostnames;
 use crate::index::{name, namespace, Index};
 use crate::refs::{grant_allows, From, GATEWAY_GROUP};
 use crate::routes::{seniority, ListenerBuilder};
-use crate::status::{Condition, ListenerStatus, ObjectRef, ParentRefStatus, RouteParentStatus, StatusPatch, StatusUpdate};
+use crate::status::{
+    Condition, ListenerStatus, ObjectRef, ParentRefStatus, RouteParentStatus, StatusPatch,
+    StatusUpdate,
+};
 use crate::{Translation, GATEWAY_CONTROLLER_NAME};
 use gateway_api::experimental::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From_, GatewayListenersTlsMode,
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From_,
+    GatewayListenersTlsMode,
 };
 use pier_snapshot::{Certificate, PortProtocol, PrivateKeyPem, SniAction};
 use std::collections::BTreeMap;
@@ -64,7 +68,11 @@ fn port_protocol(protocol: &str) -> Option<PortProtocol> {
     }
 }
 
-pub(crate) fn translate_gateways(index: &Index<'_>, builder: &mut ListenerBuilder, out: &mut Translation) {
+pub(crate) fn translate_gateways(
+    index: &Index<'_>,
+    builder: &mut ListenerBuilder,
+    out: &mut Translation,
+) {
     // GatewayClasses: status only for ours.
     let mut accepted_classes = Vec::new();
     for class in &index.state.gateway_classes {
@@ -77,7 +85,10 @@ pub(crate) fn translate_gateways(index: &Index<'_>, builder: &mut ListenerBuilde
                 "Accepted",
                 false,
                 "InvalidParameters",
-                format!("parametersRef {}/{} {} is not supported by pier", p.group, p.kind, p.name),
+                format!(
+                    "parametersRef {}/{} {} is not supported by pier",
+                    p.group, p.kind, p.name
+                ),
             ),
             None => {
                 accepted_classes.push(name(&class.metadata));
@@ -98,7 +109,12 @@ pub(crate) fn translate_gateways(index: &Index<'_>, builder: &mut ListenerBuilde
         .iter()
         .filter(|g| accepted_classes.contains(&g.spec.gateway_class_name.as_str()))
         .collect();
-    gateways.sort_by_key(|g| seniority(g.metadata.creation_timestamp.as_ref(), format!("{}/{}", namespace(&g.metadata), name(&g.metadata))));
+    gateways.sort_by_key(|g| {
+        seniority(
+            g.metadata.creation_timestamp.as_ref(),
+            format!("{}/{}", namespace(&g.metadata), name(&g.metadata)),
+        )
+    });
 
     let mut infos: Vec<GatewayInfo<'_>> = gateways
         .into_iter()
@@ -138,7 +154,10 @@ fn build_gateway<'a>(
         }
     }
     for members in by_port.values() {
-        let protocols: Vec<PortProtocol> = members.iter().map(|i| listeners[*i].port_protocol).collect();
+        let protocols: Vec<PortProtocol> = members
+            .iter()
+            .map(|i| listeners[*i].port_protocol)
+            .collect();
         let protocol_clash = protocols.iter().any(|a| {
             protocols
                 .iter()
@@ -160,7 +179,18 @@ fn build_gateway<'a>(
             let l = &mut listeners[i];
             if let Some(reason) = reason {
                 l.usable = false;
-                set(&mut l.conditions, Condition::new("Conflicted", true, reason, format!("listener conflicts with another listener on port {}", l.port)));
+                set(
+                    &mut l.conditions,
+                    Condition::new(
+                        "Conflicted",
+                        true,
+                        reason,
+                        format!(
+                            "listener conflicts with another listener on port {}",
+                            l.port
+                        ),
+                    ),
+                );
             }
         }
     }
@@ -174,25 +204,54 @@ fn build_gateway<'a>(
             l.usable = false;
             set(
                 &mut l.conditions,
-                Condition::new("Accepted", false, "PortUnavailable", format!("port {} is already used for {held:?}", l.port)),
+                Condition::new(
+                    "Accepted",
+                    false,
+                    "PortUnavailable",
+                    format!("port {} is already used for {held:?}", l.port),
+                ),
             );
             continue;
         }
-        builder.claim(l.port, l.port_protocol, format!("Gateway {ns}/{gw_name} listener={}", l.name));
+        builder.claim(
+            l.port,
+            l.port_protocol,
+            format!("Gateway {ns}/{gw_name} listener={}", l.name),
+        );
         let created = gateway.metadata.creation_timestamp.as_ref();
         if l.port_protocol == PortProtocol::Tls && !l.passthrough {
             let host = l.hostname.clone().unwrap_or_else(|| "*".into());
             let certificates = l.certificates.clone();
             if l.protocol == "HTTPS" {
-                builder.add_sni(l.port, &host, seniority(created, format!("{ns}/{gw_name}/{}", l.name)), SniAction::TerminateHttp { certificates });
+                builder.add_sni(
+                    l.port,
+                    &host,
+                    seniority(created, format!("{ns}/{gw_name}/{}", l.name)),
+                    SniAction::TerminateHttp { certificates },
+                );
             }
         }
     }
     for l in listeners.iter_mut() {
         let programmed = l.usable;
-        set(&mut l.conditions, Condition::new("Programmed", programmed, if programmed { "Programmed" } else { "Invalid" }, if programmed { "listener is serving" } else { "listener is not serving, see the other conditions" }));
+        set(
+            &mut l.conditions,
+            Condition::new(
+                "Programmed",
+                programmed,
+                if programmed { "Programmed" } else { "Invalid" },
+                if programmed {
+                    "listener is serving"
+                } else {
+                    "listener is not serving, see the other conditions"
+                },
+            ),
+        );
         if !l.conditions.iter().any(|c| c.type_ == "Conflicted") {
-            set(&mut l.conditions, Condition::new("Conflicted", false, "NoConflicts", "no conflicts"));
+            set(
+                &mut l.conditions,
+                Condition::new("Conflicted", false, "NoConflicts", "no conflicts"),
+            );
         }
         for c in l.conditions.iter_mut() {
             c.observed_generation = generation;
@@ -214,18 +273,37 @@ pub(crate) fn set(conditions: &mut Vec<Condition>, condition: Condition) {
     }
 }
 
-fn validate_listener(index: &Index<'_>, ns: &str, l: &GatewayListeners, generation: Option<i64>, out: &mut Translation) -> ListenerInfo {
+fn validate_listener(
+    index: &Index<'_>,
+    ns: &str,
+    l: &GatewayListeners,
+    generation: Option<i64>,
+    out: &mut Translation,
+) -> ListenerInfo {
     let mut conditions = Vec::new();
     let mut usable = true;
     let port_proto = port_protocol(&l.protocol);
     let accepted = match (port_proto, u16::try_from(l.port).ok().filter(|p| *p > 0)) {
         (None, _) => {
             usable = false;
-            Condition::new("Accepted", false, "UnsupportedProtocol", format!("protocol {:?} is not supported (HTTP, HTTPS, TLS, TCP, UDP are)", l.protocol))
+            Condition::new(
+                "Accepted",
+                false,
+                "UnsupportedProtocol",
+                format!(
+                    "protocol {:?} is not supported (HTTP, HTTPS, TLS, TCP, UDP are)",
+                    l.protocol
+                ),
+            )
         }
         (_, None) => {
             usable = false;
-            Condition::new("Accepted", false, "UnsupportedValue", format!("port {} is out of range", l.port))
+            Condition::new(
+                "Accepted",
+                false,
+                "UnsupportedValue",
+                format!("port {} is out of range", l.port),
+            )
         }
         _ => Condition::new("Accepted", true, "Accepted", "listener accepted"),
     };
@@ -234,29 +312,51 @@ fn validate_listener(index: &Index<'_>, ns: &str, l: &GatewayListeners, generati
     if let Some(h) = &hostname {
         if !hostnames::valid(h) {
             usable = false;
-            set(&mut conditions, Condition::new("Accepted", false, "UnsupportedValue", format!("hostname {h:?} is not a valid DNS name")));
+            set(
+                &mut conditions,
+                Condition::new(
+                    "Accepted",
+                    false,
+                    "UnsupportedValue",
+                    format!("hostname {h:?} is not a valid DNS name"),
+                ),
+            );
         }
     }
 
     // Route kinds.
     let defaults = kinds_for(&l.protocol);
-    let mut resolved = Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved");
-    let supported_kinds: Vec<String> = match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
-        Some(kinds) if !kinds.is_empty() => {
-            let mut ok = Vec::new();
-            for k in kinds {
-                let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
-                if group == GATEWAY_GROUP && defaults.contains(&k.kind.as_str()) {
-                    ok.push(k.kind.clone());
-                } else {
-                    resolved = Condition::new("ResolvedRefs", false, "InvalidRouteKinds", format!("route kind {group}/{} is not supported on a {} listener", k.kind, l.protocol));
+    let mut resolved = Condition::new(
+        "ResolvedRefs",
+        true,
+        "ResolvedRefs",
+        "all references resolved",
+    );
+    let supported_kinds: Vec<String> =
+        match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+            Some(kinds) if !kinds.is_empty() => {
+                let mut ok = Vec::new();
+                for k in kinds {
+                    let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+                    if group == GATEWAY_GROUP && defaults.contains(&k.kind.as_str()) {
+                        ok.push(k.kind.clone());
+                    } else {
+                        resolved = Condition::new(
+                            "ResolvedRefs",
+                            false,
+                            "InvalidRouteKinds",
+                            format!(
+                                "route kind {group}/{} is not supported on a {} listener",
+                                k.kind, l.protocol
+                            ),
+                        );
+                    }
                 }
+                ok.dedup();
+                ok
             }
-            ok.dedup();
-            ok
-        }
-        _ => defaults.iter().map(|k| k.to_string()).collect(),
-    };
+            _ => defaults.iter().map(|k| k.to_string()).collect(),
+        };
 
     // TLS.
     let mut passthrough = false;
@@ -264,22 +364,49 @@ fn validate_listener(index: &Index<'_>, ns: &str, l: &GatewayListeners, generati
     let tls = l.tls.as_ref();
     match l.protocol.as_str() {
         "HTTPS" | "TLS" => {
-            let mode = tls.and_then(|t| t.mode.clone()).unwrap_or(GatewayListenersTlsMode::Terminate);
+            let mode = tls
+                .and_then(|t| t.mode.clone())
+                .unwrap_or(GatewayListenersTlsMode::Terminate);
             passthrough = mode == GatewayListenersTlsMode::Passthrough;
             if passthrough && l.protocol == "HTTPS" {
                 usable = false;
-                set(&mut conditions, Condition::new("Accepted", false, "UnsupportedValue", "HTTPS listeners terminate TLS; use protocol TLS for Passthrough"));
+                set(
+                    &mut conditions,
+                    Condition::new(
+                        "Accepted",
+                        false,
+                        "UnsupportedValue",
+                        "HTTPS listeners terminate TLS; use protocol TLS for Passthrough",
+                    ),
+                );
             }
             if !passthrough {
-                let refs = tls.and_then(|t| t.certificate_refs.as_deref()).unwrap_or_default();
+                let refs = tls
+                    .and_then(|t| t.certificate_refs.as_deref())
+                    .unwrap_or_default();
                 if refs.is_empty() {
                     usable = false;
-                    resolved = Condition::new("ResolvedRefs", false, "InvalidCertificateRef", "TLS termination needs at least one certificateRef");
+                    resolved = Condition::new(
+                        "ResolvedRefs",
+                        false,
+                        "InvalidCertificateRef",
+                        "TLS termination needs at least one certificateRef",
+                    );
                 }
                 for r in refs {
-                    match resolve_certificate(index, ns, r.group.as_deref(), r.kind.as_deref(), r.namespace.as_deref(), &r.name, out) {
+                    match resolve_certificate(
+                        index,
+                        ns,
+                        r.group.as_deref(),
+                        r.kind.as_deref(),
+                        r.namespace.as_deref(),
+                        &r.name,
+                        out,
+                    ) {
                         Ok(key) => certificates.push(key),
-                        Err((reason, message)) => resolved = Condition::new("ResolvedRefs", false, reason, message),
+                        Err((reason, message)) => {
+                            resolved = Condition::new("ResolvedRefs", false, reason, message)
+                        }
                     }
                 }
                 if certificates.is_empty() {
@@ -291,7 +418,11 @@ fn validate_listener(index: &Index<'_>, ns: &str, l: &GatewayListeners, generati
     }
     conditions.push(resolved);
 
-    let namespaces = match l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref()) {
+    let namespaces = match l
+        .allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+    {
         None => NamespacePolicy::Same,
         Some(n) => match n.from.clone().unwrap_or(From_::Same) {
             From_::Same => NamespacePolicy::Same,
@@ -299,12 +430,25 @@ fn validate_listener(index: &Index<'_>, ns: &str, l: &GatewayListeners, generati
             From_::Selector => match n.selector.as_ref() {
                 Some(sel) => match crate::http::LabelSelector::new(
                     sel.match_labels.clone().unwrap_or_default(),
-                    sel.match_expressions.iter().flatten().map(|e| (e.key.clone(), e.operator.clone(), e.values.clone().unwrap_or_default())).collect(),
+                    sel.match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|e| {
+                            (
+                                e.key.clone(),
+                                e.operator.clone(),
+                                e.values.clone().unwrap_or_default(),
+                            )
+                        })
+                        .collect(),
                 ) {
                     Ok(s) => NamespacePolicy::Selector(s),
                     Err(e) => {
                         usable = false;
-                        set(&mut conditions, Condition::new("Accepted", false, "UnsupportedValue", e));
+                        set(
+                            &mut conditions,
+                            Condition::new("Accepted", false, "UnsupportedValue", e),
+                        );
                         NamespacePolicy::None
                     }
                 },
@@ -344,10 +488,17 @@ fn resolve_certificate(
     let group = group.unwrap_or("");
     let kind = kind.unwrap_or("Secret");
     if !group.is_empty() || kind != "Secret" {
-        return Err(("InvalidCertificateRef", format!("certificateRef {group}/{kind} {secret_name}: only core Secrets are supported")));
+        return Err((
+            "InvalidCertificateRef",
+            format!("certificateRef {group}/{kind} {secret_name}: only core Secrets are supported"),
+        ));
     }
     let ns = ref_ns.unwrap_or(gateway_ns);
-    let from = From { group: GATEWAY_GROUP, kind: "Gateway", namespace: gateway_ns };
+    let from = From {
+        group: GATEWAY_GROUP,
+        kind: "Gateway",
+        namespace: gateway_ns,
+    };
     if !grant_allows(index, &from, "", "Secret", ns, secret_name) {
         return Err(("RefNotPermitted", format!("no ReferenceGrant in namespace {ns} allows Gateways from {gateway_ns} to Secret {secret_name}")));
     }
@@ -355,26 +506,51 @@ fn resolve_certificate(
 }
 
 /// Reads a `kubernetes.io/tls` Secret into the snapshot; returns its key.
-pub(crate) fn certificate_from_secret(index: &Index<'_>, ns: &str, secret_name: &str, out: &mut Translation) -> Result<String, String> {
+pub(crate) fn certificate_from_secret(
+    index: &Index<'_>,
+    ns: &str,
+    secret_name: &str,
+    out: &mut Translation,
+) -> Result<String, String> {
     let Some(secret) = index.secrets.get(&(ns, secret_name)) else {
         return Err(format!("Secret {ns}/{secret_name} not found"));
     };
     let field = |k: &str| -> Option<String> {
-        let data = secret.data.as_ref().and_then(|d| d.get(k)).map(|b| b.0.clone());
-        let string = secret.string_data.as_ref().and_then(|d| d.get(k)).map(|s| s.clone().into_bytes());
+        let data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| b.0.clone());
+        let string = secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|s| s.clone().into_bytes());
         data.or(string).and_then(|b| String::from_utf8(b).ok())
     };
     let (Some(chain), Some(key)) = (field("tls.crt"), field("tls.key")) else {
-        return Err(format!("Secret {ns}/{secret_name} lacks tls.crt or tls.key"));
+        return Err(format!(
+            "Secret {ns}/{secret_name} lacks tls.crt or tls.key"
+        ));
     };
     if !chain.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!("Secret {ns}/{secret_name}: tls.crt holds no PEM certificate"));
+        return Err(format!(
+            "Secret {ns}/{secret_name}: tls.crt holds no PEM certificate"
+        ));
     }
     if !key.contains("PRIVATE KEY-----") {
-        return Err(format!("Secret {ns}/{secret_name}: tls.key holds no PEM private key"));
+        return Err(format!(
+            "Secret {ns}/{secret_name}: tls.key holds no PEM private key"
+        ));
     }
     let cert_key = format!("{ns}/{secret_name}");
-    out.snapshot.certificates.data.insert(cert_key.clone(), Certificate { chain_pem: chain, private_key_pem: PrivateKeyPem(key) });
+    out.snapshot.certificates.data.insert(
+        cert_key.clone(),
+        Certificate {
+            chain_pem: chain,
+            private_key_pem: PrivateKeyPem(key),
+        },
+    );
     Ok(cert_key)
 }
 
@@ -413,11 +589,19 @@ pub(crate) fn attach(
 ) -> Vec<Attachment> {
     let mut out = Vec::new();
     for parent in parent_refs {
-        if parent.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway" {
+        if parent.group.as_deref().unwrap_or(GATEWAY_GROUP) != GATEWAY_GROUP
+            || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+        {
             continue;
         }
-        let gw_ns = parent.namespace.clone().unwrap_or_else(|| route_ns.to_string());
-        let Some(gi) = gateways.iter().position(|g| g.namespace == gw_ns && g.name == parent.name) else {
+        let gw_ns = parent
+            .namespace
+            .clone()
+            .unwrap_or_else(|| route_ns.to_string());
+        let Some(gi) = gateways
+            .iter()
+            .position(|g| g.namespace == gw_ns && g.name == parent.name)
+        else {
             continue;
         };
         let gateway = &gateways[gi];
@@ -429,9 +613,18 @@ pub(crate) fn attach(
             .filter(|(_, l)| parent.port.is_none_or(|p| i32::from(l.port) == p))
             .map(|(i, _)| i)
             .collect();
-        let mut attachment = Attachment { parent, listeners: Vec::new(), refusal: None };
+        let mut attachment = Attachment {
+            parent,
+            listeners: Vec::new(),
+            refusal: None,
+        };
         if candidates.is_empty() {
-            attachment.refusal = Some(Condition::new("Accepted", false, "NoMatchingParent", "no listener matches the parentRef's sectionName / port"));
+            attachment.refusal = Some(Condition::new(
+                "Accepted",
+                false,
+                "NoMatchingParent",
+                "no listener matches the parentRef's sectionName / port",
+            ));
             out.push(attachment);
             continue;
         }
@@ -453,9 +646,19 @@ pub(crate) fn attach(
         }
         if attachment.listeners.is_empty() {
             attachment.refusal = Some(if allowed_somewhere {
-                Condition::new("Accepted", false, "NoMatchingListenerHostname", "no listener hostname intersects the route's hostnames")
+                Condition::new(
+                    "Accepted",
+                    false,
+                    "NoMatchingListenerHostname",
+                    "no listener hostname intersects the route's hostnames",
+                )
             } else {
-                Condition::new("Accepted", false, "NotAllowedByListeners", format!("no listener allows a {kind} from namespace {route_ns}"))
+                Condition::new(
+                    "Accepted",
+                    false,
+                    "NotAllowedByListeners",
+                    format!("no listener allows a {kind} from namespace {route_ns}"),
+                )
             });
         } else {
             for (g, l, _) in &attachment.listeners {
@@ -482,7 +685,10 @@ pub(crate) fn route_status(
     let parents = attachments
         .iter()
         .map(|a| {
-            let mut conditions = vec![a.refusal.clone().unwrap_or_else(|| Condition::new("Accepted", true, "Accepted", "route accepted"))];
+            let mut conditions = vec![a
+                .refusal
+                .clone()
+                .unwrap_or_else(|| Condition::new("Accepted", true, "Accepted", "route accepted"))];
             for c in route_conditions {
                 // A route-wide Accepted=False (all rules invalid) overrides attachment success.
                 if c.type_ == "Accepted" && a.refusal.is_some() {
@@ -491,15 +697,27 @@ pub(crate) fn route_status(
                 set(&mut conditions, c.clone());
             }
             if !conditions.iter().any(|c| c.type_ == "ResolvedRefs") {
-                conditions.push(Condition::new("ResolvedRefs", true, "ResolvedRefs", "all references resolved"));
+                conditions.push(Condition::new(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "all references resolved",
+                ));
             }
             for c in &mut conditions {
                 c.observed_generation = generation;
             }
-            RouteParentStatus { parent_ref: a.parent.clone(), controller_name: GATEWAY_CONTROLLER_NAME.into(), conditions }
+            RouteParentStatus {
+                parent_ref: a.parent.clone(),
+                controller_name: GATEWAY_CONTROLLER_NAME.into(),
+                conditions,
+            }
         })
         .collect();
-    Some(StatusUpdate { target: ObjectRef::new(kind, Some(ns), route_name), patch: StatusPatch::Route { parents } })
+    Some(StatusUpdate {
+        target: ObjectRef::new(kind, Some(ns), route_name),
+        patch: StatusPatch::Route { parents },
+    })
 }
 
 fn gateway_status(info: &GatewayInfo<'_>) -> StatusUpdate {
@@ -509,9 +727,19 @@ fn gateway_status(info: &GatewayInfo<'_>) -> StatusUpdate {
     let accepted = if good == total {
         Condition::new("Accepted", true, "Accepted", "gateway accepted")
     } else if good > 0 {
-        Condition::new("Accepted", true, "ListenersNotValid", format!("{} of {total} listeners are invalid", total - good))
+        Condition::new(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            format!("{} of {total} listeners are invalid", total - good),
+        )
     } else {
-        Condition::new("Accepted", false, "ListenersNotValid", "no listener is valid")
+        Condition::new(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid",
+        )
     };
     let programmed = if good > 0 {
         Condition::new("Programmed", true, "Programmed", "gateway is serving")
@@ -525,7 +753,12 @@ fn gateway_status(info: &GatewayInfo<'_>) -> StatusUpdate {
             listeners: info
                 .listeners
                 .iter()
-                .map(|l| ListenerStatus { name: l.name.clone(), attached_routes: l.attached, supported_kinds: l.supported_kinds.clone(), conditions: l.conditions.clone() })
+                .map(|l| ListenerStatus {
+                    name: l.name.clone(),
+                    attached_routes: l.attached,
+                    supported_kinds: l.supported_kinds.clone(),
+                    conditions: l.conditions.clone(),
+                })
                 .collect(),
         },
     }

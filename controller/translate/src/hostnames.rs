@@ -8,7 +8,11 @@ pub(crate) fn covers(pattern: &str, host: &str) -> bool {
     }
     match pattern.strip_prefix('*') {
         // `*.a.com` covers `b.a.com`, `c.b.a.com` and `*.b.a.com`.
-        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix) && !host[..host.len() - suffix.len()].is_empty(),
+        Some(suffix) => {
+            host.len() > suffix.len()
+                && host.ends_with(suffix)
+                && !host[..host.len() - suffix.len()].is_empty()
+        }
         None => false,
     }
 }
@@ -51,7 +55,9 @@ pub(crate) fn valid(host: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -82,8 +88,17 @@ mod tests {
 
     #[test]
     fn intersection_follows_the_spec() {
-        assert_eq!(intersect(Some("*.example.com"), &["foo.example.com".into(), "other.org".into()]), vec!["foo.example.com"]);
-        assert_eq!(intersect(Some("foo.example.com"), &["*.example.com".into()]), vec!["foo.example.com"]);
+        assert_eq!(
+            intersect(
+                Some("*.example.com"),
+                &["foo.example.com".into(), "other.org".into()]
+            ),
+            vec!["foo.example.com"]
+        );
+        assert_eq!(
+            intersect(Some("foo.example.com"), &["*.example.com".into()]),
+            vec!["foo.example.com"]
+        );
         assert_eq!(intersect(None, &[]), vec!["*"]);
         assert_eq!(intersect(Some("a.com"), &[]), vec!["a.com"]);
         assert!(intersect(Some("a.com"), &["b.com".into()]).is_empty());

@@ -14,26 +14,48 @@ use crate::services::backend_key;
 use crate::status::{ObjectRef, Warning};
 use crate::{TranslateOptions, Translation, INGRESS_CONTROLLER_NAME};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
-use pier_snapshot::{BackendRef, HttpRouteEntry, PathMatch, PortProtocol, RequestMatch, RouteAction, RouteSource, SniAction, Timeouts, WeightedBackend};
+use pier_snapshot::{
+    BackendRef, HttpRouteEntry, PathMatch, PortProtocol, RequestMatch, RouteAction, RouteSource,
+    SniAction, Timeouts, WeightedBackend,
+};
 
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
 /// Whether pier serves this Ingress.
 fn is_ours(index: &Index<'_>, options: &TranslateOptions, ingress: &Ingress) -> bool {
-    let class_is_ours = |class: &str| {
-        match index.state.ingress_classes.iter().find(|c| name(&c.metadata) == class) {
-            Some(c) => c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(INGRESS_CONTROLLER_NAME),
-            None => class == options.ingress_class,
+    let class_is_ours = |class: &str| match index
+        .state
+        .ingress_classes
+        .iter()
+        .find(|c| name(&c.metadata) == class)
+    {
+        Some(c) => {
+            c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(INGRESS_CONTROLLER_NAME)
         }
+        None => class == options.ingress_class,
     };
-    let spec_class = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.as_deref());
-    let legacy = ingress.metadata.annotations.as_ref().and_then(|a| a.get(LEGACY_CLASS_ANNOTATION)).map(String::as_str);
+    let spec_class = ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref());
+    let legacy = ingress
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
+        .map(String::as_str);
     match spec_class.or(legacy) {
         Some(class) => class_is_ours(class),
         None => index.state.ingress_classes.iter().any(|c| {
-            c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).map(String::as_str) == Some("true")
-                && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(INGRESS_CONTROLLER_NAME)
+            c.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+                .map(String::as_str)
+                == Some("true")
+                && c.spec.as_ref().and_then(|s| s.controller.as_deref())
+                    == Some(INGRESS_CONTROLLER_NAME)
         }),
     }
 }
@@ -56,37 +78,83 @@ fn resolve(index: &Index<'_>, ns: &str, backend: &IngressBackend) -> Result<Stri
     let Some(svc) = index.services.get(&(ns, service.name.as_str())) else {
         return Err(format!("Service {ns}/{} not found", service.name));
     };
-    let ports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
     let port = service.port.as_ref();
-    let number = match (port.and_then(|p| p.number), port.and_then(|p| p.name.as_deref())) {
-        (Some(n), _) => ports.iter().find(|p| p.port == n).map(|p| p.port).ok_or_else(|| format!("Service {ns}/{} has no port {n}", service.name))?,
+    let number = match (
+        port.and_then(|p| p.number),
+        port.and_then(|p| p.name.as_deref()),
+    ) {
+        (Some(n), _) => ports
+            .iter()
+            .find(|p| p.port == n)
+            .map(|p| p.port)
+            .ok_or_else(|| format!("Service {ns}/{} has no port {n}", service.name))?,
         (None, Some(port_name)) => ports
             .iter()
             .find(|p| p.name.as_deref() == Some(port_name))
             .map(|p| p.port)
-            .ok_or_else(|| format!("Service {ns}/{} has no port named {port_name:?}", service.name))?,
+            .ok_or_else(|| {
+                format!(
+                    "Service {ns}/{} has no port named {port_name:?}",
+                    service.name
+                )
+            })?,
         (None, None) => return Err(format!("backend Service {} has no port", service.name)),
     };
     Ok(backend_key(ns, &service.name, number))
 }
 
-fn action_for(index: &Index<'_>, ingress: &Ingress, backend: &IngressBackend, warnings: &mut Vec<Warning>) -> RouteAction {
+fn action_for(
+    index: &Index<'_>,
+    ingress: &Ingress,
+    backend: &IngressBackend,
+    warnings: &mut Vec<Warning>,
+) -> RouteAction {
     let ns = namespace(&ingress.metadata);
     match resolve(index, ns, backend) {
-        Ok(key) => RouteAction::Forward(vec![WeightedBackend { backend: BackendRef::Service(key), weight: 1, filters: Vec::new() }]),
+        Ok(key) => RouteAction::Forward(vec![WeightedBackend {
+            backend: BackendRef::Service(key),
+            weight: 1,
+            filters: Vec::new(),
+        }]),
         Err(message) => {
-            warnings.push(Warning { object: ObjectRef::new("Ingress", Some(ns), name(&ingress.metadata)), message: message.clone() });
-            RouteAction::Respond { status: 503, reason: message }
+            warnings.push(Warning {
+                object: ObjectRef::new("Ingress", Some(ns), name(&ingress.metadata)),
+                message: message.clone(),
+            });
+            RouteAction::Respond {
+                status: 503,
+                reason: message,
+            }
         }
     }
 }
 
-pub(crate) fn translate_ingresses(index: &Index<'_>, options: &TranslateOptions, builder: &mut ListenerBuilder, out: &mut Translation) {
-    let mut ours: Vec<&Ingress> = index.state.ingresses.iter().filter(|i| is_ours(index, options, i)).collect();
+pub(crate) fn translate_ingresses(
+    index: &Index<'_>,
+    options: &TranslateOptions,
+    builder: &mut ListenerBuilder,
+    out: &mut Translation,
+) {
+    let mut ours: Vec<&Ingress> = index
+        .state
+        .ingresses
+        .iter()
+        .filter(|i| is_ours(index, options, i))
+        .collect();
     if ours.is_empty() {
         return;
     }
-    ours.sort_by_key(|i| seniority(i.metadata.creation_timestamp.as_ref(), format!("{}/{}", namespace(&i.metadata), name(&i.metadata))));
+    ours.sort_by_key(|i| {
+        seniority(
+            i.metadata.creation_timestamp.as_ref(),
+            format!("{}/{}", namespace(&i.metadata), name(&i.metadata)),
+        )
+    });
     let http = options.ingress_http_port;
     let https = options.ingress_https_port;
     builder.claim(http, PortProtocol::Http, "Ingress".into());
@@ -95,7 +163,9 @@ pub(crate) fn translate_ingresses(index: &Index<'_>, options: &TranslateOptions,
         let ns = namespace(&ingress.metadata);
         let ing_name = name(&ingress.metadata);
         let me = || ObjectRef::new("Ingress", Some(ns), ing_name);
-        let Some(spec) = ingress.spec.as_ref() else { continue };
+        let Some(spec) = ingress.spec.as_ref() else {
+            continue;
+        };
         let created = ingress.metadata.creation_timestamp.as_ref();
         let rank = seniority(created, format!("{ns}/{ing_name}"));
 
@@ -103,24 +173,44 @@ pub(crate) fn translate_ingresses(index: &Index<'_>, options: &TranslateOptions,
         let mut tls_hosts: Vec<String> = Vec::new();
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = tls.secret_name.as_deref() else {
-                out.warnings.push(Warning { object: me(), message: "tls entry without secretName: pier has no default certificate".into() });
+                out.warnings.push(Warning {
+                    object: me(),
+                    message: "tls entry without secretName: pier has no default certificate".into(),
+                });
                 continue;
             };
             match certificate_from_secret(index, ns, secret, out) {
                 Ok(cert) => {
                     builder.claim(https, PortProtocol::Tls, "Ingress".into());
-                    let hosts = tls.hosts.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| vec!["*".into()]);
+                    let hosts = tls
+                        .hosts
+                        .clone()
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| vec!["*".into()]);
                     for host in hosts {
-                        builder.add_sni(https, &host, rank.clone(), SniAction::TerminateHttp { certificates: vec![cert.clone()] });
+                        builder.add_sni(
+                            https,
+                            &host,
+                            rank.clone(),
+                            SniAction::TerminateHttp {
+                                certificates: vec![cert.clone()],
+                            },
+                        );
                         tls_hosts.push(host);
                     }
                 }
-                Err(message) => out.warnings.push(Warning { object: me(), message }),
+                Err(message) => out.warnings.push(Warning {
+                    object: me(),
+                    message,
+                }),
             }
         }
         let ports_for = |host: &str| -> Vec<(u16, PortProtocol)> {
             let mut ports = vec![(http, PortProtocol::Http)];
-            if tls_hosts.iter().any(|t| t == "*" || ingress_host_covers(t, host)) {
+            if tls_hosts
+                .iter()
+                .any(|t| t == "*" || ingress_host_covers(t, host))
+            {
                 ports.push((https, PortProtocol::Tls));
             }
             ports
@@ -128,29 +218,59 @@ pub(crate) fn translate_ingresses(index: &Index<'_>, options: &TranslateOptions,
 
         let mut own_hosts: Vec<String> = Vec::new();
         for (ri, rule) in spec.rules.iter().flatten().enumerate() {
-            let host = rule.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "*".into());
+            let host = rule
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "*".into());
             if host != "*" && !crate::hostnames::valid(&host) {
-                out.warnings.push(Warning { object: me(), message: format!("rule {ri}: host {host:?} is not a valid DNS name; rule skipped") });
+                out.warnings.push(Warning {
+                    object: me(),
+                    message: format!(
+                        "rule {ri}: host {host:?} is not a valid DNS name; rule skipped"
+                    ),
+                });
                 continue;
             }
             own_hosts.push(host.clone());
             for (pi, path) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
                 let value = path.path.clone().unwrap_or_else(|| "/".into());
                 if !value.starts_with('/') {
-                    out.warnings.push(Warning { object: me(), message: format!("rule {ri} path {value:?} must start with /; skipped") });
+                    out.warnings.push(Warning {
+                        object: me(),
+                        message: format!("rule {ri} path {value:?} must start with /; skipped"),
+                    });
                     continue;
                 }
                 let matcher_path = match path.path_type.as_str() {
                     "Exact" => PathMatch::Exact(value),
-                    "Prefix" | "ImplementationSpecific" => PathMatch::Prefix(normalise_prefix(&value)),
+                    "Prefix" | "ImplementationSpecific" => {
+                        PathMatch::Prefix(normalise_prefix(&value))
+                    }
                     other => {
                         out.warnings.push(Warning { object: me(), message: format!("rule {ri} pathType {other:?} is not Exact, Prefix or ImplementationSpecific; skipped") });
                         continue;
                     }
                 };
-                let source = RouteSource { kind: "Ingress".into(), namespace: ns.into(), name: ing_name.into(), rule: ri as u32, rule_name: None, match_index: pi as u32 };
-                let matcher = RequestMatch { path: matcher_path, ..Default::default() };
-                let entry = HttpRouteEntry { source, matcher, filters: Vec::new(), action: action_for(index, ingress, &path.backend, &mut out.warnings), timeouts: Timeouts::default() };
+                let source = RouteSource {
+                    kind: "Ingress".into(),
+                    namespace: ns.into(),
+                    name: ing_name.into(),
+                    rule: ri as u32,
+                    rule_name: None,
+                    match_index: pi as u32,
+                };
+                let matcher = RequestMatch {
+                    path: matcher_path,
+                    ..Default::default()
+                };
+                let entry = HttpRouteEntry {
+                    source,
+                    matcher,
+                    filters: Vec::new(),
+                    action: action_for(index, ingress, &path.backend, &mut out.warnings),
+                    timeouts: Timeouts::default(),
+                };
                 for (port, protocol) in ports_for(&host) {
                     let key = PrecedenceKey::new(&entry.matcher, created, &entry.source, false);
                     builder.add_http(port, protocol, &host, true, key, entry.clone());
@@ -159,8 +279,21 @@ pub(crate) fn translate_ingresses(index: &Index<'_>, options: &TranslateOptions,
         }
 
         if let Some(default) = &spec.default_backend {
-            let source = RouteSource { kind: "Ingress".into(), namespace: ns.into(), name: ing_name.into(), rule: u32::MAX, rule_name: Some("defaultBackend".into()), match_index: 0 };
-            let entry = HttpRouteEntry { source, matcher: RequestMatch::default(), filters: Vec::new(), action: action_for(index, ingress, default, &mut out.warnings), timeouts: Timeouts::default() };
+            let source = RouteSource {
+                kind: "Ingress".into(),
+                namespace: ns.into(),
+                name: ing_name.into(),
+                rule: u32::MAX,
+                rule_name: Some("defaultBackend".into()),
+                match_index: 0,
+            };
+            let entry = HttpRouteEntry {
+                source,
+                matcher: RequestMatch::default(),
+                filters: Vec::new(),
+                action: action_for(index, ingress, default, &mut out.warnings),
+                timeouts: Timeouts::default(),
+            };
             own_hosts.push("*".into());
             own_hosts.sort();
             own_hosts.dedup();

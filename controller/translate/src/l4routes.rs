@@ -57,30 +57,70 @@ macro_rules! parents {
     };
 }
 
-pub(crate) fn attach_l4_routes(index: &Index<'_>, gateways: &mut [GatewayInfo<'_>], builder: &mut ListenerBuilder, out: &mut Translation) {
+pub(crate) fn attach_l4_routes(
+    index: &Index<'_>,
+    gateways: &mut [GatewayInfo<'_>],
+    builder: &mut ListenerBuilder,
+    out: &mut Translation,
+) {
     let mut views = Vec::new();
     for r in &index.state.tls_routes {
-        views.push(L4RouteView { kind: "TLSRoute", meta: &r.metadata, hostnames: r.spec.hostnames.clone(), parents: parents!(r.spec.parent_refs), backends: backend_views!(r.spec.rules) });
+        views.push(L4RouteView {
+            kind: "TLSRoute",
+            meta: &r.metadata,
+            hostnames: r.spec.hostnames.clone(),
+            parents: parents!(r.spec.parent_refs),
+            backends: backend_views!(r.spec.rules),
+        });
     }
     for r in &index.state.tcp_routes {
-        views.push(L4RouteView { kind: "TCPRoute", meta: &r.metadata, hostnames: Vec::new(), parents: parents!(r.spec.parent_refs), backends: backend_views!(r.spec.rules) });
+        views.push(L4RouteView {
+            kind: "TCPRoute",
+            meta: &r.metadata,
+            hostnames: Vec::new(),
+            parents: parents!(r.spec.parent_refs),
+            backends: backend_views!(r.spec.rules),
+        });
     }
     for r in &index.state.udp_routes {
-        views.push(L4RouteView { kind: "UDPRoute", meta: &r.metadata, hostnames: Vec::new(), parents: parents!(r.spec.parent_refs), backends: backend_views!(r.spec.rules) });
+        views.push(L4RouteView {
+            kind: "UDPRoute",
+            meta: &r.metadata,
+            hostnames: Vec::new(),
+            parents: parents!(r.spec.parent_refs),
+            backends: backend_views!(r.spec.rules),
+        });
     }
     for view in views {
         place_l4(index, gateways, builder, out, view);
     }
 }
 
-fn place_l4(index: &Index<'_>, gateways: &mut [GatewayInfo<'_>], builder: &mut ListenerBuilder, out: &mut Translation, view: L4RouteView<'_>) {
+fn place_l4(
+    index: &Index<'_>,
+    gateways: &mut [GatewayInfo<'_>],
+    builder: &mut ListenerBuilder,
+    out: &mut Translation,
+    view: L4RouteView<'_>,
+) {
     let ns = namespace(view.meta);
     let route_name = name(view.meta);
-    let attachments = attach(index, gateways, view.kind, ns, &view.hostnames, view.parents);
+    let attachments = attach(
+        index,
+        gateways,
+        view.kind,
+        ns,
+        &view.hostnames,
+        view.parents,
+    );
     if attachments.is_empty() {
         return;
     }
-    let from = From { group: GATEWAY_GROUP, kind: view.kind, namespace: ns };
+    let from = From {
+        group: GATEWAY_GROUP,
+        kind: view.kind,
+        namespace: ns,
+    };
     let mut conditions = Vec::new();
     let mut unresolved: Option<RefError> = None;
     let mut backends = Vec::new();
@@ -91,7 +131,11 @@ fn place_l4(index: &Index<'_>, gateways: &mut [GatewayInfo<'_>], builder: &mut L
         }
         if let Ok(w) = u32::try_from(*weight) {
             if w > 0 {
-                backends.push(WeightedBackend { backend: to_backend_ref(&resolved), weight: w, filters: Vec::new() });
+                backends.push(WeightedBackend {
+                    backend: to_backend_ref(&resolved),
+                    weight: w,
+                    filters: Vec::new(),
+                });
             }
         }
     }
@@ -99,7 +143,15 @@ fn place_l4(index: &Index<'_>, gateways: &mut [GatewayInfo<'_>], builder: &mut L
         conditions.push(Condition::new("ResolvedRefs", false, e.reason, e.message));
     }
     if backends.is_empty() {
-        set(&mut conditions, Condition::new("Accepted", false, "UnsupportedValue", "no backendRef with a positive weight"));
+        set(
+            &mut conditions,
+            Condition::new(
+                "Accepted",
+                false,
+                "UnsupportedValue",
+                "no backendRef with a positive weight",
+            ),
+        );
         for a in &attachments {
             for (g, l, _) in &a.listeners {
                 gateways[*g].listeners[*l].attached -= 1;
@@ -107,29 +159,56 @@ fn place_l4(index: &Index<'_>, gateways: &mut [GatewayInfo<'_>], builder: &mut L
         }
     } else {
         let route = L4Route {
-            source: RouteSource { kind: view.kind.into(), namespace: ns.into(), name: route_name.into(), rule: 0, rule_name: None, match_index: 0 },
+            source: RouteSource {
+                kind: view.kind.into(),
+                namespace: ns.into(),
+                name: route_name.into(),
+                rule: 0,
+                rule_name: None,
+                match_index: 0,
+            },
             backends,
         };
-        let rank = seniority(view.meta.creation_timestamp.as_ref(), format!("{ns}/{route_name}"));
+        let rank = seniority(
+            view.meta.creation_timestamp.as_ref(),
+            format!("{ns}/{route_name}"),
+        );
         for a in &attachments {
             for (g, l, hosts) in &a.listeners {
                 let listener = &gateways[*g].listeners[*l];
                 if view.kind == "TLSRoute" {
                     for host in hosts {
                         let action = if listener.passthrough {
-                            SniAction::Passthrough { route: route.clone() }
+                            SniAction::Passthrough {
+                                route: route.clone(),
+                            }
                         } else {
-                            SniAction::TerminateTcp { certificates: listener.certificates.clone(), route: route.clone() }
+                            SniAction::TerminateTcp {
+                                certificates: listener.certificates.clone(),
+                                route: route.clone(),
+                            }
                         };
                         builder.add_sni(listener.port, host, rank.clone(), action);
                     }
                 } else {
-                    builder.set_l4(listener.port, listener.port_protocol, rank.clone(), route.clone());
+                    builder.set_l4(
+                        listener.port,
+                        listener.port_protocol,
+                        rank.clone(),
+                        route.clone(),
+                    );
                 }
             }
         }
     }
-    if let Some(status) = route_status(view.kind, ns, route_name, view.meta.generation, &attachments, &conditions) {
+    if let Some(status) = route_status(
+        view.kind,
+        ns,
+        route_name,
+        view.meta.generation,
+        &attachments,
+        &conditions,
+    ) {
         out.statuses.push(status);
     }
 }

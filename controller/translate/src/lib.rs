@@ -111,7 +111,10 @@ impl Translation {
     /// out, private keys replaced by `<redacted>`.
     pub fn to_document(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(certs) = value.pointer_mut("/snapshot/certificates/data").and_then(|c| c.as_object_mut()) {
+        if let Some(certs) = value
+            .pointer_mut("/snapshot/certificates/data")
+            .and_then(|c| c.as_object_mut())
+        {
             for cert in certs.values_mut() {
                 if let Some(key) = cert.get_mut("private_key_pem") {
                     *key = serde_json::Value::String("<redacted>".into());
@@ -129,7 +132,11 @@ fn prune(value: &mut serde_json::Value) {
     match value {
         Value::Object(map) => {
             map.values_mut().for_each(prune);
-            map.retain(|_, v| !(v.is_null() || v.as_array().is_some_and(Vec::is_empty) || v.as_object().is_some_and(|m| m.is_empty())));
+            map.retain(|_, v| {
+                !(v.is_null()
+                    || v.as_array().is_some_and(Vec::is_empty)
+                    || v.as_object().is_some_and(|m| m.is_empty()))
+            });
         }
         Value::Array(items) => items.iter_mut().for_each(prune),
         _ => {}

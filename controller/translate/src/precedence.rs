@@ -26,7 +26,12 @@ pub(crate) struct PrecedenceKey {
 }
 
 impl PrecedenceKey {
-    pub fn new(m: &RequestMatch, created: Option<&Time>, source: &RouteSource, fallback: bool) -> Self {
+    pub fn new(
+        m: &RequestMatch,
+        created: Option<&Time>,
+        source: &RouteSource,
+        fallback: bool,
+    ) -> Self {
         let (path_kind, path_len) = match &m.path {
             PathMatch::Exact(p) => (0, p.len()),
             PathMatch::Prefix(p) => (1, p.len()),

@@ -72,21 +72,30 @@ pub(crate) fn resolve_backend(
 ) -> Result<String, RefError> {
     let group = r.group.unwrap_or("");
     let kind = r.kind.unwrap_or("Service");
-    if group != "" || kind != "Service" {
+    if !group.is_empty() || kind != "Service" {
         return Err(RefError::new(
             "InvalidKind",
-            format!("backendRef {group}/{kind} {}: only core Services are supported", r.name),
+            format!(
+                "backendRef {group}/{kind} {}: only core Services are supported",
+                r.name
+            ),
         ));
     }
     let ns = r.namespace.unwrap_or(from.namespace);
     if !grant_allows(index, from, "", "Service", ns, r.name) {
         return Err(RefError::new(
             "RefNotPermitted",
-            format!("no ReferenceGrant in namespace {ns} allows {} from {} to Service {}", from.kind, from.namespace, r.name),
+            format!(
+                "no ReferenceGrant in namespace {ns} allows {} from {} to Service {}",
+                from.kind, from.namespace, r.name
+            ),
         ));
     }
     let Some(service) = index.services.get(&(ns, r.name)) else {
-        return Err(RefError::new("BackendNotFound", format!("Service {ns}/{} not found", r.name)));
+        return Err(RefError::new(
+            "BackendNotFound",
+            format!("Service {ns}/{} not found", r.name),
+        ));
     };
     let Some(port) = r.port else {
         return Err(RefError::new(
@@ -102,7 +111,10 @@ pub(crate) fn resolve_backend(
     if !has_port {
         return Err(RefError::new(
             "BackendNotFound",
-            format!("Service {ns}/{} has no port {port}", name(&service.metadata)),
+            format!(
+                "Service {ns}/{} has no port {port}",
+                name(&service.metadata)
+            ),
         ));
     }
     Ok(backend_key(ns, r.name, port))

@@ -4,14 +4,18 @@
 use crate::hostnames::specificity_order;
 use crate::precedence::PrecedenceKey;
 use pier_snapshot::{
-    HttpRouteEntry, L4Route, PortListener, PortProtocol, RoutesPart, SniAction, SniEntry, Snapshot,
+    HttpRouteEntry, L4Route, PortListener, PortProtocol, RoutesPart, Snapshot, SniAction, SniEntry,
     VirtualHost,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Tie-break between objects competing for one slot (an SNI name, a TCP
 /// port): older first, then namespace/name.
-pub(crate) type Seniority = (bool, Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, String);
+pub(crate) type Seniority = (
+    bool,
+    Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    String,
+);
 
 pub(crate) fn seniority(
     created: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
@@ -79,12 +83,21 @@ impl ListenerBuilder {
             .entry((port, protocol))
             .or_default()
             .vhosts
-            .entry((hostname.into(), single_label_wildcard && hostname.starts_with("*.")))
+            .entry((
+                hostname.into(),
+                single_label_wildcard && hostname.starts_with("*."),
+            ))
             .or_default()
             .push((key, entry));
     }
 
-    pub fn set_l4(&mut self, port: u16, protocol: PortProtocol, seniority: Seniority, route: L4Route) {
+    pub fn set_l4(
+        &mut self,
+        port: u16,
+        protocol: PortProtocol,
+        seniority: Seniority,
+        route: L4Route,
+    ) {
         self.ports
             .entry((port, protocol))
             .or_default()

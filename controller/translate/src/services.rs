@@ -80,7 +80,9 @@ pub fn endpoints_for_service(
                         Some(namespace(&slice.metadata)),
                         name(&slice.metadata),
                     ),
-                    message: format!("no port named {want_name:?} ({want_protocol}) for the Service port"),
+                    message: format!(
+                        "no port named {want_name:?} ({want_protocol}) for the Service port"
+                    ),
                 });
             }
             continue;
@@ -161,7 +163,12 @@ pub fn translate_service_backends(
     out
 }
 
-fn parse_ips(service: &Service, what: &str, values: &[String], warnings: &mut Vec<Warning>) -> Vec<IpAddr> {
+fn parse_ips(
+    service: &Service,
+    what: &str,
+    values: &[String],
+    warnings: &mut Vec<Warning>,
+) -> Vec<IpAddr> {
     let mut ips = Vec::new();
     for value in values {
         if value.is_empty() || value == "None" {
@@ -208,7 +215,12 @@ fn translate_l4(service: &Service, out: &mut Translation) {
         (_, Some(ip)) => parse_ips(service, "clusterIP", std::slice::from_ref(ip), warnings),
         _ => Vec::new(),
     };
-    let external_ips = parse_ips(service, "externalIP", spec.external_ips.as_deref().unwrap_or_default(), warnings);
+    let external_ips = parse_ips(
+        service,
+        "externalIP",
+        spec.external_ips.as_deref().unwrap_or_default(),
+        warnings,
+    );
     let external = matches!(type_, "NodePort" | "LoadBalancer");
     let load_balancer_ips = if type_ == "LoadBalancer" {
         let ingress: Vec<String> = service
@@ -233,11 +245,17 @@ fn translate_l4(service: &Service, out: &mut Translation) {
             .and_then(|t| u32::try_from(t).ok())
             .filter(|t| *t > 0)
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS);
-        SessionAffinity { timeout_seconds: timeout }
+        SessionAffinity {
+            timeout_seconds: timeout,
+        }
     });
-    let external_traffic_local = external && spec.external_traffic_policy.as_deref() == Some("Local");
+    let external_traffic_local =
+        external && spec.external_traffic_policy.as_deref() == Some("Local");
     let health_check_node_port = (type_ == "LoadBalancer" && external_traffic_local)
-        .then(|| spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()))
+        .then(|| {
+            spec.health_check_node_port
+                .and_then(|p| u16::try_from(p).ok())
+        })
         .flatten();
     let prefer_close = matches!(
         spec.traffic_distribution.as_deref(),
@@ -258,12 +276,20 @@ fn translate_l4(service: &Service, out: &mut Translation) {
             });
             continue;
         };
-        let node_port = if external && spec.allocate_load_balancer_node_ports != Some(false) || type_ == "NodePort" {
-            port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0)
+        let node_port = if external && spec.allocate_load_balancer_node_ports != Some(false)
+            || type_ == "NodePort"
+        {
+            port.node_port
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
         } else {
             None
         };
-        if cluster_ips.is_empty() && node_port.is_none() && external_ips.is_empty() && load_balancer_ips.is_empty() {
+        if cluster_ips.is_empty()
+            && node_port.is_none()
+            && external_ips.is_empty()
+            && load_balancer_ips.is_empty()
+        {
             continue; // headless: no virtual address to program
         }
         let key = format!("{ns}/{svc_name}:{}/{}", port.port, protocol_name(protocol));

@@ -133,7 +133,11 @@ pub struct Warning {
 
 /// Merges pier's conditions into an object's existing ones: conditions of
 /// other types are kept, `lastTransitionTime` moves only when `status` changes.
-pub fn merge_conditions(existing: &[K8sCondition], ours: &[Condition], now: &Time) -> Vec<K8sCondition> {
+pub fn merge_conditions(
+    existing: &[K8sCondition],
+    ours: &[Condition],
+    now: &Time,
+) -> Vec<K8sCondition> {
     let mut merged: Vec<K8sCondition> = existing
         .iter()
         .filter(|c| !ours.iter().any(|o| o.type_ == c.type_))
@@ -202,8 +206,15 @@ mod tests {
         let merged = merge_conditions(&existing, &ours, &now);
         assert_eq!(merged.len(), 3);
         let get = |t: &str| merged.iter().find(|c| c.type_ == t).unwrap();
-        assert_eq!(get("example.com/Ready").reason, "R", "foreign condition untouched");
-        assert_eq!(get("Accepted").last_transition_time.0.to_string(), "2020-01-01 00:00:00 UTC");
+        assert_eq!(
+            get("example.com/Ready").reason,
+            "R",
+            "foreign condition untouched"
+        );
+        assert_eq!(
+            get("Accepted").last_transition_time.0.to_string(),
+            "2020-01-01 00:00:00 UTC"
+        );
         assert_eq!(get("Accepted").observed_generation, Some(2));
         assert_eq!(get("ResolvedRefs").last_transition_time, now);
     }
@@ -211,7 +222,14 @@ mod tests {
     #[test]
     fn merging_route_parents_keeps_other_controllers_entries() {
         let existing = vec![("other.io/ctl", 1), (crate::GATEWAY_CONTROLLER_NAME, 2)];
-        let merged = merge_route_parents(&existing, |p| p.0, vec![(crate::GATEWAY_CONTROLLER_NAME, 3)]);
-        assert_eq!(merged, vec![("other.io/ctl", 1), (crate::GATEWAY_CONTROLLER_NAME, 3)]);
+        let merged = merge_route_parents(
+            &existing,
+            |p| p.0,
+            vec![(crate::GATEWAY_CONTROLLER_NAME, 3)],
+        );
+        assert_eq!(
+            merged,
+            vec![("other.io/ctl", 1), (crate::GATEWAY_CONTROLLER_NAME, 3)]
+        );
     }
 }

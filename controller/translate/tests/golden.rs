@@ -38,21 +38,33 @@ fn reversed(state: &ClusterState) -> ClusterState {
 fn golden_cases() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let cases = cases();
-    assert!(cases.len() >= 30, "expected the full set of golden cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 30,
+        "expected the full set of golden cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for input in cases {
-        let name = input.file_name().unwrap().to_string_lossy().replace(".in.yaml", "");
+        let name = input
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".in.yaml", "");
         let text = std::fs::read_to_string(&input).unwrap();
         let state = pier_manifests::load_str(Path::new(&format!("{name}.in.yaml")), &text)
             .unwrap_or_else(|e| panic!("{name}: input does not load:\n{e}"));
         let options = TranslateOptions::default();
         let out = translate(&state, &options);
         if let Err(e) = out.snapshot.validate() {
-            failures.push(format!("{name}: translated snapshot does not validate: {e}"));
+            failures.push(format!(
+                "{name}: translated snapshot does not validate: {e}"
+            ));
         }
         let again = translate(&reversed(&state), &options);
         if again != out {
-            failures.push(format!("{name}: output depends on the order of the input objects"));
+            failures.push(format!(
+                "{name}: output depends on the order of the input objects"
+            ));
         }
         let rendered = serde_yaml_ng::to_string(&out.to_document()).unwrap();
         let golden = input.with_file_name(format!("{name}.out.yaml"));
@@ -62,8 +74,14 @@ fn golden_cases() {
         }
         match std::fs::read_to_string(&golden) {
             Ok(expected) if expected == rendered => {}
-            Ok(_) => failures.push(format!("{name}: output differs from {} (UPDATE_GOLDEN=1 to accept)", golden.display())),
-            Err(_) => failures.push(format!("{name}: no {} (UPDATE_GOLDEN=1 to create)", golden.display())),
+            Ok(_) => failures.push(format!(
+                "{name}: output differs from {} (UPDATE_GOLDEN=1 to accept)",
+                golden.display()
+            )),
+            Err(_) => failures.push(format!(
+                "{name}: no {} (UPDATE_GOLDEN=1 to create)",
+                golden.display()
+            )),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

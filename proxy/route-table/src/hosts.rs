@@ -12,7 +12,11 @@ pub struct HostMap<T> {
 
 impl<T> Default for HostMap<T> {
     fn default() -> Self {
-        HostMap { exact: HashMap::new(), wildcards: Vec::new(), any: None }
+        HostMap {
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+            any: None,
+        }
     }
 }
 
@@ -23,11 +27,17 @@ impl<T> HostMap<T> {
         if pattern == "*" {
             self.any.get_or_insert(value);
         } else if let Some(suffix) = pattern.strip_prefix('*') {
-            if !self.wildcards.iter().any(|w| w.2 == pattern && w.1 == single_label) {
-                self.wildcards.push((suffix.to_string(), single_label, pattern.clone(), value));
+            if !self
+                .wildcards
+                .iter()
+                .any(|w| w.2 == pattern && w.1 == single_label)
+            {
+                self.wildcards
+                    .push((suffix.to_string(), single_label, pattern.clone(), value));
                 // Longest suffix first; Gateway-style before single-label on ties
                 // keeps the order stable.
-                self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+                self.wildcards
+                    .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
             }
         } else {
             self.exact.entry(pattern).or_insert(value);

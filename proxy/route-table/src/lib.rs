@@ -10,7 +10,9 @@ mod hosts;
 
 pub use hosts::HostMap;
 
-use pier_snapshot::{HttpRouteEntry, PathMatch, PortProtocol, SniAction, Snapshot, ValueMatch, ValueMatchKind};
+use pier_snapshot::{
+    HttpRouteEntry, PathMatch, PortProtocol, Snapshot, SniAction, ValueMatch, ValueMatchKind,
+};
 use regex::Regex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -86,7 +88,8 @@ pub struct RouteTable {
 
 fn compile_regex(pattern: &str, at: &str) -> Result<Regex, BuildError> {
     // Anchored: a regex path match must match the whole path.
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| BuildError(format!("{at}: invalid regex {pattern:?}: {e}")))
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| BuildError(format!("{at}: invalid regex {pattern:?}: {e}")))
 }
 
 fn compile_values(values: &[ValueMatch], at: &str) -> Result<Vec<Option<Regex>>, BuildError> {
@@ -132,7 +135,13 @@ impl VirtualHostTable {
         for (prefix, list) in prefix_lists {
             builder.push(prefix.as_bytes(), list);
         }
-        Ok(VirtualHostTable { hostname: hostname.into(), entries: compiled, exact, prefixes: builder.build(), regexes })
+        Ok(VirtualHostTable {
+            hostname: hostname.into(),
+            entries: compiled,
+            exact,
+            prefixes: builder.build(),
+            regexes,
+        })
     }
 
     /// Indices of entries whose path matches, in precedence order.
@@ -141,13 +150,18 @@ impl VirtualHostTable {
         let bytes = path.as_bytes();
         for (prefix, list) in self.prefixes.common_prefix_search::<Vec<u8>, _>(bytes) {
             // Whole segments only: `/foo` matches `/foo` and `/foo/...`, not `/foobar`.
-            let boundary = prefix == b"/" || bytes.len() == prefix.len() || bytes[prefix.len()] == b'/';
+            let boundary =
+                prefix == b"/" || bytes.len() == prefix.len() || bytes[prefix.len()] == b'/';
             if boundary {
                 out.extend(list);
             }
         }
         for &i in &self.regexes {
-            if self.entries[i].path_regex.as_ref().is_some_and(|r| r.is_match(path)) {
+            if self.entries[i]
+                .path_regex
+                .as_ref()
+                .is_some_and(|r| r.is_match(path))
+            {
                 out.push(i);
             }
         }
@@ -165,25 +179,41 @@ fn mismatch(c: &CompiledEntry, req: &RequestInfo<'_>) -> Option<String> {
         }
     }
     for (h, re) in m.headers.iter().zip(&c.header_regexes) {
-        let values: Vec<&str> = req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(&h.name)).map(|(_, v)| v.as_str()).collect();
+        let values: Vec<&str> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(&h.name))
+            .map(|(_, v)| v.as_str())
+            .collect();
         let ok = match re {
             None => values.iter().any(|v| *v == h.value),
             Some(r) => values.iter().any(|v| r.is_match(v)),
         };
         if !ok {
-            return Some(format!("header {} does not match {:?} ({:?})", h.name, h.value, h.kind));
+            return Some(format!(
+                "header {} does not match {:?} ({:?})",
+                h.name, h.value, h.kind
+            ));
         }
     }
     for (q, re) in m.query_params.iter().zip(&c.query_regexes) {
         // The first occurrence of a repeated parameter is the one matched.
-        let value = req.query.and_then(|qs| qs.split('&').filter_map(|kv| kv.split_once('=').or(Some((kv, "")))).find(|(k, _)| *k == q.name).map(|(_, v)| v));
+        let value = req.query.and_then(|qs| {
+            qs.split('&')
+                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                .find(|(k, _)| *k == q.name)
+                .map(|(_, v)| v)
+        });
         let ok = match (value, re) {
             (None, _) => false,
             (Some(v), None) => v == q.value,
             (Some(v), Some(r)) => r.is_match(v),
         };
         if !ok {
-            return Some(format!("query parameter {} does not match {:?}", q.name, q.value));
+            return Some(format!(
+                "query parameter {} does not match {:?}",
+                q.name, q.value
+            ));
         }
     }
     None
@@ -193,7 +223,9 @@ fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split(']').next().map_or(host, |h| &h[1..]);
     }
-    host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h)
+    host.rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
 }
 
 impl RouteTable {
@@ -212,7 +244,14 @@ impl RouteTable {
             for s in &listener.tls {
                 sni.insert(&s.hostname, false, s.action.clone());
             }
-            ports.insert(listener.port, PortTable { protocol: listener.protocol, sni, vhosts });
+            ports.insert(
+                listener.port,
+                PortTable {
+                    protocol: listener.protocol,
+                    sni,
+                    vhosts,
+                },
+            );
         }
         Ok(RouteTable { ports })
     }
@@ -235,7 +274,11 @@ impl RouteTable {
         (selection, trace.unwrap_or_default())
     }
 
-    fn route<'t>(&'t self, req: &RequestInfo<'_>, trace: &mut Option<Vec<String>>) -> Selection<'t> {
+    fn route<'t>(
+        &'t self,
+        req: &RequestInfo<'_>,
+        trace: &mut Option<Vec<String>>,
+    ) -> Selection<'t> {
         let mut say = |line: String| {
             if let Some(t) = trace.as_mut() {
                 t.push(line);
@@ -252,7 +295,9 @@ impl RouteTable {
                 Some((pattern, SniAction::TerminateHttp { certificates })) => {
                     say(format!("port {}: TLS, SNI {sni:?} selects listener hostname {pattern:?} (certificates {certificates:?})", req.port));
                     if !hosts::pattern_covers(pattern, &host) {
-                        say(format!("Host {host:?} is not covered by {pattern:?}: 421 Misdirected Request"));
+                        say(format!(
+                            "Host {host:?} is not covered by {pattern:?}: 421 Misdirected Request"
+                        ));
                         return Selection::Misdirected;
                     }
                 }
@@ -272,12 +317,18 @@ impl RouteTable {
             say(format!("no virtual host matches {host:?}: 404"));
             return Selection::NotFound;
         };
-        say(format!("Host {host:?} selects virtual host {pattern:?} ({} route entries)", vhost.entries.len()));
+        say(format!(
+            "Host {host:?} selects virtual host {pattern:?} ({} route entries)",
+            vhost.entries.len()
+        ));
         let candidates = vhost.path_candidates(req.path);
         if trace.is_some() {
             for (i, c) in vhost.entries.iter().enumerate() {
                 if !candidates.contains(&i) {
-                    trace.as_mut().unwrap().push(format!("  ✗ {}: path {:?} does not match {:?}", c.entry.source, c.entry.matcher.path, req.path));
+                    trace.as_mut().unwrap().push(format!(
+                        "  ✗ {}: path {:?} does not match {:?}",
+                        c.entry.source, c.entry.matcher.path, req.path
+                    ));
                 }
             }
         }
@@ -286,7 +337,10 @@ impl RouteTable {
             match mismatch(c, req) {
                 None => {
                     if let Some(t) = trace.as_mut() {
-                        t.push(format!("  ✓ {}: path {:?} matches; selected (first match in precedence order)", c.entry.source, c.entry.matcher.path));
+                        t.push(format!(
+                            "  ✓ {}: path {:?} matches; selected (first match in precedence order)",
+                            c.entry.source, c.entry.matcher.path
+                        ));
                     }
                     let _ = &vhost.hostname;
                     return Selection::Route(&c.entry);
