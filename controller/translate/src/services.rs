@@ -315,3 +315,26 @@ fn translate_l4(service: &Service, out: &mut Translation) {
         );
     }
 }
+
+/// The endpoint-only fast path: recomputes the backend sets of one Service
+/// from its EndpointSlices and writes them into `snapshot`, bumping only the
+/// `backends` version (and only if something changed). Routes, listeners and
+/// L4 services are untouched, so data planes rebuild nothing but endpoints.
+pub fn apply_endpoint_update(
+    snapshot: &mut pier_snapshot::Snapshot,
+    service: &Service,
+    slices: &[&EndpointSlice],
+    warnings: &mut Vec<Warning>,
+) -> bool {
+    let mut changed = false;
+    for (key, set) in translate_service_backends(service, slices, warnings) {
+        if snapshot.backends.data.get(&key) != Some(&set) {
+            snapshot.backends.data.insert(key, set);
+            changed = true;
+        }
+    }
+    if changed {
+        snapshot.backends.version += 1;
+    }
+    changed
+}
