@@ -79,8 +79,14 @@ pub(crate) struct CompiledRoute {
     pub conditions: Vec<Condition>,
 }
 
+#[derive(Default)]
 struct RuleProblems {
+    /// Make the rule invalid: it is dropped (PartiallyInvalid).
     invalid: Vec<String>,
+    /// Filters that contradict each other (reason IncompatibleFilters).
+    incompatible: bool,
+    /// Features pier must not serve partially: the whole route is refused.
+    fatal: Vec<String>,
     unresolved: Option<RefError>,
 }
 
@@ -351,12 +357,11 @@ fn compile_filters(
                 out.respond = Some((500, format!("filter ExtensionRef {what} is not supported")));
             }
             HttpRouteRulesFiltersType::ExternalAuth => {
-                // Skipping authentication would open the route: answer 500 instead.
-                out.respond = Some((500, "filter ExternalAuth is not supported yet".into()));
-                problems.unresolved.get_or_insert(RefError::new(
-                    "UnsupportedValue",
-                    "filter ExternalAuth is not supported yet; the rule answers 500",
-                ));
+                // Serving the route without its authentication would open it:
+                // refuse the whole route instead.
+                problems
+                    .fatal
+                    .push("filter ExternalAuth is not supported yet".into());
             }
         }
     }
@@ -369,6 +374,7 @@ fn compile_filters(
         problems
             .invalid
             .push("RequestRedirect and URLRewrite cannot be used together".into());
+        problems.incompatible = true;
     }
     out
 }
@@ -588,6 +594,8 @@ fn compile_rules(
     };
     let mut compiled = CompiledRoute::default();
     let mut invalid_rules = Vec::new();
+    let mut incompatible = false;
+    let mut fatal = Vec::new();
     let mut unresolved: Option<RefError> = None;
     for (ri, (rule_name, matches, match_problems, filters, backends, timeouts)) in
         rules.iter().enumerate()
@@ -597,7 +605,7 @@ fn compile_rules(
                 .iter()
                 .flat_map(|p| p.invalid.clone())
                 .collect(),
-            unresolved: None,
+            ..Default::default()
         };
         let all_prefix = matches
             .iter()
@@ -608,7 +616,9 @@ fn compile_rules(
         if let Some(e) = problems.unresolved.take() {
             unresolved.get_or_insert(e);
         }
+        fatal.extend(problems.fatal.iter().map(|f| format!("rule {ri}: {f}")));
         if !problems.invalid.is_empty() {
+            incompatible |= problems.incompatible;
             invalid_rules.push(format!("rule {ri}: {}", problems.invalid.join("; ")));
             continue;
         }
@@ -648,20 +658,30 @@ fn compile_rules(
             .conditions
             .push(Condition::new("ResolvedRefs", false, e.reason, e.message));
     }
-    if !invalid_rules.is_empty() {
+    let reason = if incompatible {
+        "IncompatibleFilters"
+    } else {
+        "UnsupportedValue"
+    };
+    if !fatal.is_empty() {
+        compiled.entries.clear();
+        compiled.conditions.push(Condition::new(
+            "Accepted",
+            false,
+            "UnsupportedValue",
+            fatal.join(" | "),
+        ));
+    } else if !invalid_rules.is_empty() {
         let message = invalid_rules.join(" | ");
         if compiled.entries.is_empty() {
-            compiled.conditions.push(Condition::new(
-                "Accepted",
-                false,
-                "UnsupportedValue",
-                message,
-            ));
+            compiled
+                .conditions
+                .push(Condition::new("Accepted", false, reason, message));
         } else {
             compiled.conditions.push(Condition::new(
                 "PartiallyInvalid",
                 true,
-                "UnsupportedValue",
+                reason,
                 format!("dropped invalid rules: {message}"),
             ));
         }
@@ -810,10 +830,7 @@ pub(crate) fn attach_http_routes(
                             .as_ref()
                             .filter(|m| !m.is_empty())
                             .unwrap_or(&default_match);
-                        let mut problems = RuleProblems {
-                            invalid: Vec::new(),
-                            unresolved: None,
-                        };
+                        let mut problems = RuleProblems::default();
                         let matches = ms.iter().map(|m| compile_match(m, &mut problems)).collect();
                         (
                             r.name.clone(),
@@ -863,17 +880,16 @@ pub(crate) fn attach_http_routes(
                                 })
                                 .flatten()
                                 .unwrap_or_default();
-                            let b =
-                                serde_json::to_value(&r.backend_refs)
-                                    .ok()
-                                    .and_then(|v| {
-                                        serde_json::from_value::<
+                            let b = serde_json::to_value(&r.backend_refs)
+                                .ok()
+                                .and_then(|v| {
+                                    serde_json::from_value::<
                                             Option<Vec<HttpRouteRulesBackendRefs>>,
                                         >(v)
                                         .ok()
-                                    })
-                                    .flatten()
-                                    .unwrap_or_default();
+                                })
+                                .flatten()
+                                .unwrap_or_default();
                             (f, b)
                         })
                         .collect();
@@ -881,10 +897,7 @@ pub(crate) fn attach_http_routes(
                     .iter()
                     .zip(&converted)
                     .map(|(r, (f, b))| {
-                        let mut problems = RuleProblems {
-                            invalid: Vec::new(),
-                            unresolved: None,
-                        };
+                        let mut problems = RuleProblems::default();
                         let matches = match r.matches.as_ref().filter(|m| !m.is_empty()) {
                             None => vec![RequestMatch::default()],
                             Some(ms) => ms.iter().map(|m| grpc_match(m, &mut problems)).collect(),

@@ -28,7 +28,9 @@ use pier_snapshot::Snapshot;
 use serde::{Deserialize, Serialize};
 
 pub use duration::parse_gateway_duration;
-pub use services::{apply_endpoint_update, backend_key, endpoints_for_service, translate_service_backends};
+pub use services::{
+    apply_endpoint_update, backend_key, endpoints_for_service, translate_service_backends,
+};
 pub use status::{Condition, ObjectRef, StatusPatch, StatusUpdate, Warning};
 
 /// The Gateway API controllerName pier answers to.

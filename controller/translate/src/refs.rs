@@ -117,6 +117,20 @@ pub(crate) fn resolve_backend(
             ),
         ));
     }
+    if matches!(from.kind, "HTTPRoute" | "GRPCRoute") {
+        let app_protocol = service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .and_then(|ports| ports.iter().find(|p| p.port == port))
+            .and_then(|p| p.app_protocol.as_deref());
+        if let Some(proto) = app_protocol.filter(|p| !crate::services::http_app_protocol_known(p)) {
+            return Err(RefError::new(
+                "UnsupportedProtocol",
+                format!("Service {ns}/{} port {port} has appProtocol {proto:?}, which pier cannot speak over HTTP", r.name),
+            ));
+        }
+    }
     Ok(backend_key(ns, r.name, port))
 }
 

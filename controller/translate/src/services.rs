@@ -41,12 +41,39 @@ fn protocol_name(p: L4Protocol) -> &'static str {
 }
 
 fn app_protocol(p: &ServicePort) -> AppProtocol {
-    match p.app_protocol.as_deref() {
-        Some("kubernetes.io/h2c") | Some("h2c") | Some("grpc") => AppProtocol::H2c,
-        Some("kubernetes.io/ws") | Some("kubernetes.io/wss") | Some("ws") => AppProtocol::WebSocket,
-        Some("https") | Some("kubernetes.io/https") | Some("tls") => AppProtocol::Https,
+    match p
+        .app_protocol
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("kubernetes.io/h2c" | "h2c" | "http2" | "grpc") => AppProtocol::H2c,
+        Some("kubernetes.io/ws" | "ws") => AppProtocol::WebSocket,
+        Some("https" | "kubernetes.io/https" | "tls" | "kubernetes.io/wss" | "wss") => {
+            AppProtocol::Https
+        }
         _ => AppProtocol::Http1,
     }
+}
+
+/// appProtocol values an HTTP route may send to: plain names (IANA style,
+/// any case) and the `kubernetes.io/` ones pier speaks.
+pub(crate) fn http_app_protocol_known(p: &str) -> bool {
+    matches!(
+        p.to_ascii_lowercase().as_str(),
+        "http"
+            | "https"
+            | "h2c"
+            | "http2"
+            | "grpc"
+            | "tls"
+            | "ws"
+            | "wss"
+            | "kubernetes.io/h2c"
+            | "kubernetes.io/ws"
+            | "kubernetes.io/wss"
+            | "kubernetes.io/https"
+    )
 }
 
 /// The endpoints behind one Service port, from the Service's EndpointSlices.

@@ -213,7 +213,7 @@ mod tests {
         );
         assert_eq!(
             get("Accepted").last_transition_time.0.to_string(),
-            "2020-01-01 00:00:00 UTC"
+            "2020-01-01T00:00:00Z"
         );
         assert_eq!(get("Accepted").observed_generation, Some(2));
         assert_eq!(get("ResolvedRefs").last_transition_time, now);
