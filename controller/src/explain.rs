@@ -113,7 +113,7 @@ pub fn explain(out: &Translation, request: &RequestArgs) -> Result<String> {
             writeln!(text, "result: {}", entry.source)?;
             match &entry.action {
                 RouteAction::Forward(backends) => {
-                    let total: u32 = backends.iter().map(|b| b.weight).sum();
+                    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
                     for b in backends {
                         match &b.backend {
                             BackendRef::Service(key) => {

@@ -432,7 +432,8 @@ fn compile_backends(
 ) -> Vec<WeightedBackend> {
     let mut out = Vec::new();
     for r in refs {
-        let weight = u32::try_from(r.weight.unwrap_or(1)).unwrap_or(0);
+        // Gateway API caps weights at 1,000,000; clamping keeps sums far from overflow.
+        let weight = u32::try_from(r.weight.unwrap_or(1).clamp(0, 1_000_000)).unwrap_or(0);
         let view = BackendRefView {
             group: r.group.as_deref(),
             kind: r.kind.as_deref(),

@@ -78,11 +78,12 @@ fn resolve(index: &Index<'_>, ns: &str, backend: &IngressBackend) -> Result<Stri
     let Some(svc) = index.services.get(&(ns, service.name.as_str())) else {
         return Err(format!("Service {ns}/{} not found", service.name));
     };
-    let ports = svc
+    let mut ports = svc
         .spec
         .as_ref()
         .and_then(|s| s.ports.clone())
         .unwrap_or_default();
+    ports.retain(|p| crate::services::valid_port(p.port));
     let port = service.port.as_ref();
     let number = match (
         port.and_then(|p| p.number),

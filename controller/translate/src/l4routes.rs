@@ -129,7 +129,7 @@ fn place_l4(
         if let Err(e) = &resolved {
             unresolved.get_or_insert(e.clone());
         }
-        if let Ok(w) = u32::try_from(*weight) {
+        if let Ok(w) = u32::try_from((*weight).clamp(0, 1_000_000)) {
             if w > 0 {
                 backends.push(WeightedBackend {
                     backend: to_backend_ref(&resolved),

@@ -107,7 +107,11 @@ pub(crate) fn resolve_backend(
         .spec
         .as_ref()
         .and_then(|s| s.ports.as_ref())
-        .is_some_and(|ports| ports.iter().any(|p| p.port == port));
+        .is_some_and(|ports| {
+            ports
+                .iter()
+                .any(|p| p.port == port && crate::services::valid_port(p.port))
+        });
     if !has_port {
         return Err(RefError::new(
             "BackendNotFound",

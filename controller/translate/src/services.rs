@@ -11,6 +11,11 @@ use std::net::IpAddr;
 /// Default sessionAffinity ClientIP timeout (Kubernetes: 3 hours).
 const DEFAULT_AFFINITY_TIMEOUT_SECONDS: u32 = 10_800;
 
+/// Service ports outside 1..=65535 are skipped (with a warning) everywhere.
+pub(crate) fn valid_port(port: i32) -> bool {
+    (1..=65_535).contains(&port)
+}
+
 pub fn backend_key(namespace: &str, service: &str, port: i32) -> String {
     format!("{namespace}/{service}:{port}")
 }
@@ -172,6 +177,9 @@ pub fn translate_service_backends(
         let Ok(number) = u16::try_from(port.port) else {
             continue;
         };
+        if number == 0 {
+            continue;
+        }
         let endpoints = if external_name.is_some() {
             Vec::new()
         } else {
@@ -296,7 +304,7 @@ fn translate_l4(service: &Service, out: &mut Translation) {
             });
             continue;
         };
-        let Ok(number) = u16::try_from(port.port) else {
+        let Some(number) = u16::try_from(port.port).ok().filter(|p| *p > 0) else {
             warnings.push(Warning {
                 object: service_ref(service),
                 message: format!("port {} is out of range", port.port),
