@@ -93,6 +93,9 @@ impl std::fmt::Display for RouteSource {
     }
 }
 
+/// One route match. Entries whose `source.kind` is `GRPCRoute` must reach
+/// their backends over HTTP/2 (h2c, or TLS when the backend set is `Https`),
+/// whatever the Service port's appProtocol says: gRPC needs HTTP/2.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpRouteEntry {
     pub source: RouteSource,

@@ -515,6 +515,12 @@ pub(crate) fn certificate_from_secret(
     let Some(secret) = index.secrets.get(&(ns, secret_name)) else {
         return Err(format!("Secret {ns}/{secret_name} not found"));
     };
+    let type_ = secret.type_.as_deref().unwrap_or("Opaque");
+    if type_ != "kubernetes.io/tls" {
+        return Err(format!(
+            "Secret {ns}/{secret_name} is of type {type_}, not kubernetes.io/tls"
+        ));
+    }
     let field = |k: &str| -> Option<String> {
         let data = secret
             .data
@@ -572,8 +578,11 @@ impl ListenerInfo {
 /// A route's view of where it wants to attach, and what the spec says about it.
 pub(crate) struct Attachment {
     pub parent: ParentRefStatus,
-    /// (gateway index, listener index, hostnames served there).
+    /// (gateway index, listener index, hostnames served there), usable listeners only.
     pub listeners: Vec<(usize, usize, Vec<String>)>,
+    /// Every listener the route attaches to, usable or not: attachedRoutes
+    /// depends only on allowedRoutes, hostnames and parentRefs (spec).
+    pub counted: Vec<(usize, usize)>,
     pub refusal: Option<Condition>,
 }
 
@@ -616,6 +625,7 @@ pub(crate) fn attach(
         let mut attachment = Attachment {
             parent,
             listeners: Vec::new(),
+            counted: Vec::new(),
             refusal: None,
         };
         if candidates.is_empty() {
@@ -631,7 +641,7 @@ pub(crate) fn attach(
         let mut allowed_somewhere = false;
         for li in candidates {
             let l = &gateway.listeners[li];
-            if !l.usable || !l.admits(index, gateway.namespace, kind, route_ns) {
+            if !l.admits(index, gateway.namespace, kind, route_ns) {
                 continue;
             }
             allowed_somewhere = true;
@@ -641,10 +651,13 @@ pub(crate) fn attach(
                 hostnames::intersect(l.hostname.as_deref(), hostnames)
             };
             if !hosts.is_empty() {
-                attachment.listeners.push((gi, li, hosts));
+                attachment.counted.push((gi, li));
+                if l.usable {
+                    attachment.listeners.push((gi, li, hosts));
+                }
             }
         }
-        if attachment.listeners.is_empty() {
+        if attachment.counted.is_empty() {
             attachment.refusal = Some(if allowed_somewhere {
                 Condition::new(
                     "Accepted",
@@ -660,14 +673,19 @@ pub(crate) fn attach(
                     format!("no listener allows a {kind} from namespace {route_ns}"),
                 )
             });
-        } else {
-            for (g, l, _) in &attachment.listeners {
-                gateways[*g].listeners[*l].attached += 1;
-            }
         }
         out.push(attachment);
     }
     out
+}
+
+/// Counts an accepted route on every listener it attached to.
+pub(crate) fn count_attached(gateways: &mut [GatewayInfo<'_>], attachments: &[Attachment]) {
+    for a in attachments {
+        for (g, l) in &a.counted {
+            gateways[*g].listeners[*l].attached += 1;
+        }
+    }
 }
 
 /// Route status: one parent entry per attachment, with route-wide conditions added.
@@ -723,15 +741,26 @@ pub(crate) fn route_status(
 fn gateway_status(info: &GatewayInfo<'_>) -> StatusUpdate {
     let generation = info.gateway.metadata.generation;
     let total = info.listeners.len();
-    let good = info.listeners.iter().filter(|l| l.usable).count();
-    let accepted = if good == total {
+    let serving = info.listeners.iter().filter(|l| l.usable).count();
+    let accepted_listeners = info
+        .listeners
+        .iter()
+        .filter(|l| {
+            l.conditions
+                .iter()
+                .any(|c| c.type_ == "Accepted" && c.is_true())
+        })
+        .count();
+    // Accepted follows the listeners' own Accepted conditions; Programmed
+    // follows whether anything can be served.
+    let accepted = if serving == total {
         Condition::new("Accepted", true, "Accepted", "gateway accepted")
-    } else if good > 0 {
+    } else if accepted_listeners > 0 {
         Condition::new(
             "Accepted",
             true,
             "ListenersNotValid",
-            format!("{} of {total} listeners are invalid", total - good),
+            format!("{} of {total} listeners are not serving", total - serving),
         )
     } else {
         Condition::new(
@@ -741,7 +770,7 @@ fn gateway_status(info: &GatewayInfo<'_>) -> StatusUpdate {
             "no listener is valid",
         )
     };
-    let programmed = if good > 0 {
+    let programmed = if serving > 0 {
         Condition::new("Programmed", true, "Programmed", "gateway is serving")
     } else {
         Condition::new("Programmed", false, "Invalid", "no listener can be served")

@@ -2,7 +2,7 @@
 //! listeners, with the status the spec asks for.
 
 use crate::duration::parse_gateway_duration;
-use crate::gateway::{attach, route_status, set, GatewayInfo};
+use crate::gateway::{attach, count_attached, route_status, set, GatewayInfo};
 use crate::index::{name, namespace, Index};
 use crate::precedence::PrecedenceKey;
 use crate::refs::{resolve_backend, to_backend_ref, BackendRefView, From, RefError, GATEWAY_GROUP};
@@ -683,7 +683,7 @@ fn compile_rules(
                 "PartiallyInvalid",
                 true,
                 reason,
-                format!("dropped invalid rules: {message}"),
+                format!("Dropped Rule(s): {message}"),
             ));
         }
     }
@@ -753,12 +753,12 @@ fn place(
         .conditions
         .iter()
         .any(|c| c.type_ == "Accepted" && !c.is_true());
-    if !accepted {
+    if accepted {
+        count_attached(gateways, &attachments);
+    } else {
         // Not accepted: attached to nothing, counted nowhere.
         for a in &mut attachments {
-            for (g, l, _) in a.listeners.drain(..) {
-                gateways[g].listeners[l].attached -= 1;
-            }
+            a.listeners.clear();
         }
     }
     for a in &attachments {

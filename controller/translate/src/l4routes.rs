@@ -1,6 +1,6 @@
 //! TLSRoute (by SNI), TCPRoute and UDPRoute (by port).
 
-use crate::gateway::{attach, route_status, set, GatewayInfo};
+use crate::gateway::{attach, count_attached, route_status, set, GatewayInfo};
 use crate::index::{name, namespace, Index};
 use crate::refs::{resolve_backend, to_backend_ref, BackendRefView, From, RefError, GATEWAY_GROUP};
 use crate::routes::{seniority, ListenerBuilder};
@@ -152,12 +152,8 @@ fn place_l4(
                 "no backendRef with a positive weight",
             ),
         );
-        for a in &attachments {
-            for (g, l, _) in &a.listeners {
-                gateways[*g].listeners[*l].attached -= 1;
-            }
-        }
     } else {
+        count_attached(gateways, &attachments);
         let route = L4Route {
             source: RouteSource {
                 kind: view.kind.into(),

@@ -3,8 +3,9 @@
 //! Gateway API (HTTPRoute): Exact path before PathPrefix, longer prefix first,
 //! then a method match, then more header matches, then more query matches;
 //! ties go to the oldest route, then to namespace/name order, then to rule and
-//! match order. Regular-expression paths (implementation-specific) come after
-//! all Exact and PathPrefix matches, longer pattern first. Ingress follows the
+//! match order. Regular-expression paths (implementation-specific) sit between
+//! Exact and PathPrefix, longer pattern first: after them a catch-all `/`
+//! prefix would make every regex dead. Ingress follows the
 //! same path order (longest match, Exact beats Prefix); an Ingress
 //! `defaultBackend` comes last of all.
 
@@ -34,8 +35,8 @@ impl PrecedenceKey {
     ) -> Self {
         let (path_kind, path_len) = match &m.path {
             PathMatch::Exact(p) => (0, p.len()),
-            PathMatch::Prefix(p) => (1, p.len()),
-            PathMatch::Regex(p) => (2, p.len()),
+            PathMatch::Regex(p) => (1, p.len()),
+            PathMatch::Prefix(p) => (2, p.len()),
         };
         PrecedenceKey {
             fallback,
