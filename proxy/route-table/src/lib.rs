@@ -31,7 +31,7 @@ impl std::fmt::Display for BuildError {
 impl std::error::Error for BuildError {}
 
 /// The parts of a request routing looks at.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct RequestInfo<'a> {
     pub port: u16,
     /// The TLS server name, for connections on a TLS port.
@@ -41,14 +41,34 @@ pub struct RequestInfo<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: Option<&'a str>,
-    /// Header names in any case.
-    pub headers: &'a [(String, String)],
+    /// Request headers (names case-insensitive).
+    pub headers: &'a dyn HeaderLookup,
+}
+
+/// Read access to request headers without copying them.
+pub trait HeaderLookup {
+    /// Whether any value of header `name` (case-insensitive) satisfies `pred`.
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool;
+}
+
+impl HeaderLookup for [(String, String)] {
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .any(|(_, v)| pred(v))
+    }
+}
+
+impl HeaderLookup for Vec<(String, String)> {
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.as_slice().any_value(name, pred)
+    }
 }
 
 /// The outcome of routing one request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Selection<'t> {
-    Route(&'t HttpRouteEntry),
+    Route(&'t Arc<HttpRouteEntry>),
     /// No listener on that port: nothing serves it.
     NoListener,
     /// TLS port, but no certificate entry for the SNI.
@@ -60,7 +80,7 @@ pub enum Selection<'t> {
 }
 
 struct CompiledEntry {
-    entry: HttpRouteEntry,
+    entry: Arc<HttpRouteEntry>,
     path_regex: Option<Regex>,
     header_regexes: Vec<Option<Regex>>,
     query_regexes: Vec<Option<Regex>>,
@@ -125,7 +145,7 @@ impl VirtualHostTable {
                 }
             };
             compiled.push(CompiledEntry {
-                entry: e.clone(),
+                entry: Arc::new(e.clone()),
                 path_regex,
                 header_regexes: compile_values(&e.matcher.headers, &at)?,
                 query_regexes: compile_values(&e.matcher.query_params, &at)?,
@@ -179,15 +199,9 @@ fn mismatch(c: &CompiledEntry, req: &RequestInfo<'_>) -> Option<String> {
         }
     }
     for (h, re) in m.headers.iter().zip(&c.header_regexes) {
-        let values: Vec<&str> = req
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(&h.name))
-            .map(|(_, v)| v.as_str())
-            .collect();
         let ok = match re {
-            None => values.iter().any(|v| *v == h.value),
-            Some(r) => values.iter().any(|v| r.is_match(v)),
+            None => req.headers.any_value(&h.name, &mut |v| v == h.value),
+            Some(r) => req.headers.any_value(&h.name, &mut |v| r.is_match(v)),
         };
         if !ok {
             return Some(format!(

@@ -125,6 +125,7 @@ fn route(
     path: &str,
     headers: &[(String, String)],
 ) -> String {
+    let headers = headers.to_vec();
     let req = RequestInfo {
         port,
         sni,
@@ -132,11 +133,14 @@ fn route(
         method,
         path,
         query: None,
-        headers,
+        headers: &headers,
     };
     match t.select(&req) {
         Selection::Route(e) => e.source.name.clone(),
-        other => format!("{other:?}"),
+        Selection::NoListener => "NoListener".into(),
+        Selection::UnknownSni => "UnknownSni".into(),
+        Selection::Misdirected => "Misdirected".into(),
+        Selection::NotFound => "NotFound".into(),
     }
 }
 
