@@ -1,1 +1,161 @@
-fn main() {}
+//! pier-proxy: wiring only.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use pier_proxy::admin::Admin;
+use pier_proxy::args::{Args, Command};
+use pier_proxy::echo::Echo;
+use pier_proxy::routing::Shared;
+use pier_proxy::service::PierProxy;
+use pier_proxy::tls::{SniCapture, SniResolver};
+use pier_snapshot::{PortProtocol, Snapshot};
+use pier_translate::{translate, TranslateOptions};
+use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::sync::{Arc, Mutex};
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn server_conf(args: &Args) -> ServerConf {
+    ServerConf {
+        threads: usize::from(args.threads),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(args.grace_seconds),
+        upstream_keepalive_pool_size: 1024,
+        ..Default::default()
+    }
+}
+
+fn echo_service(listen: &str, name: &str) -> Service<HttpServer<Echo>> {
+    let mut service = Service::new(
+        format!("echo {name}"),
+        HttpServer::new_app(Echo { name: name.into() }),
+    );
+    service.add_tcp(listen);
+    service
+}
+
+fn run(args: Args) -> Result<()> {
+    if let Some(Command::Echo { listen, name }) = &args.command {
+        let mut server = Server::new_with_opt_and_conf(None, server_conf(&args));
+        server.bootstrap();
+        server.add_service(echo_service(&listen.to_string(), name));
+        server.run_forever();
+    }
+    let Some(dir) = args.manifests.clone() else {
+        bail!("--manifests DIR is required (the controller stream is not implemented yet)");
+    };
+    let options = TranslateOptions {
+        ingress_http_port: args.ingress_http_port,
+        ingress_https_port: args.ingress_https_port,
+        ..Default::default()
+    };
+    let shared = Arc::new(Shared::default());
+    let state = pier_manifests::load_dir(&dir)
+        .map_err(anyhow::Error::new)
+        .context("cannot load manifests")?;
+    let first = translate(&state, &options);
+    for w in &first.warnings {
+        tracing::warn!(object = %w.object, message = %w.message, "translation warning");
+    }
+    let current = Arc::new(Mutex::new(Snapshot::empty()));
+    current.lock().expect("fresh mutex").advance(first.snapshot);
+    let snapshot = current.lock().expect("fresh mutex").clone();
+    shared
+        .install(snapshot.clone())
+        .map_err(|e| anyhow::anyhow!("the manifests do not make a valid snapshot: {}", e.0))?;
+
+    // Hot reload: every change of the folder becomes the next snapshot.
+    let watcher = {
+        let shared = shared.clone();
+        let current = current.clone();
+        let options = options.clone();
+        pier_manifests::watch(&dir, move |loaded| match loaded {
+            Ok(state) => {
+                let out = translate(&state, &options);
+                let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
+                let diff = cur.advance(out.snapshot);
+                if !diff.is_empty() {
+                    let _ = shared.install(cur.clone());
+                }
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(file = %e.file.display(), line = e.line, message = %e.message, "manifest rejected; keeping the last good snapshot");
+                }
+            }
+        })
+        .context("cannot watch the manifest folder")?
+    };
+
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&args));
+    server.bootstrap();
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        PierProxy {
+            shared: shared.clone(),
+            max_body_bytes: args.max_body_bytes,
+        },
+        "pier-proxy",
+    );
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut opts = HttpServerOptions::default();
+        opts.h2c = true;
+        app.server_options = Some(opts);
+    }
+    // Ports come from the first snapshot; routes on them hot-swap, new ports need a restart.
+    for listener in &snapshot.routes.data.listeners {
+        let addr = std::net::SocketAddr::new(args.listen_host, listener.port).to_string();
+        match listener.protocol {
+            PortProtocol::Http => proxy.add_tcp(&addr),
+            PortProtocol::Tls => {
+                let mut tls = TlsSettings::with_callbacks(Box::new(SniCapture))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                tls.set_cert_resolver(Arc::new(SniResolver {
+                    port: listener.port,
+                    shared: shared.clone(),
+                }));
+                tls.enable_h2();
+                proxy.add_tls_with_settings(&addr, None, tls);
+            }
+            // TLS passthrough / TCP / UDP forwarding are not implemented yet.
+            PortProtocol::Tcp | PortProtocol::Udp => {
+                tracing::warn!(port = listener.port, protocol = ?listener.protocol, "L4 listeners are not served yet");
+                continue;
+            }
+        }
+        tracing::info!(%addr, protocol = ?listener.protocol, "listening");
+    }
+    server.add_service(proxy);
+    let mut admin = Service::new(
+        "pier-proxy admin".into(),
+        HttpServer::new_app(Admin {
+            shared: shared.clone(),
+        }),
+    );
+    admin.add_tcp(&args.admin.to_string());
+    server.add_service(admin);
+    if args.demo_upstreams {
+        server.add_service(echo_service("127.0.0.1:9001", "demo-web"));
+        server.add_service(echo_service("127.0.0.1:9002", "demo-api"));
+    }
+    let _keep_watching = watcher;
+    server.run_forever();
+}

@@ -1,0 +1,54 @@
+//! Command-line arguments of pier-proxy, parsed and checked in one place.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pier-proxy",
+    version,
+    about = "pier's L7 ingress proxy (Ingress and Gateway API)"
+)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Folder of manifests to serve (standalone mode); watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: SocketAddr,
+    /// Address the snapshot's listener ports are bound on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_host: std::net::IpAddr,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// Largest request body accepted; larger ones get 413.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+    /// Seconds in-flight requests get to finish on SIGTERM / SIGINT.
+    #[arg(long, default_value_t = 5)]
+    pub grace_seconds: u64,
+    /// Port Ingress rules are served on over HTTP.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ingress_http_port: u16,
+    /// Port Ingress TLS hosts are served on.
+    #[arg(long, default_value_t = 443, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ingress_https_port: u16,
+    /// Also start the two demo upstreams the examples point at (127.0.0.1:9001 and :9002).
+    #[arg(long)]
+    pub demo_upstreams: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run an echo upstream (for demos and tests).
+    Echo {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
+}

@@ -1,0 +1,246 @@
+//! Endpoint choice: weighted backendRef split, then power-of-two-choices
+//! least-request among usable endpoints, with passive health (endpoints that
+//! fail to connect are ejected for a back-off that grows with failures).
+//! Per-endpoint counters live here, outside the routing, so they survive swaps.
+
+use pier_snapshot::{BackendSet, WeightedBackend};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+const BASE_EJECTION_MS: u64 = 1_000;
+const MAX_EJECTION_MS: u64 = 30_000;
+
+#[derive(Default, Debug)]
+pub struct EndpointStats {
+    pub in_flight: AtomicU32,
+    consecutive_failures: AtomicU32,
+    /// Milliseconds since the balancer's epoch until which the endpoint is skipped.
+    ejected_until_ms: AtomicU64,
+}
+
+/// Holds an in-flight slot; released on drop.
+pub struct InFlight(pub Arc<EndpointStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Balancer {
+    epoch: Instant,
+    stats: RwLock<HashMap<SocketAddr, Arc<EndpointStats>>>,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Balancer {
+            epoch: Instant::now(),
+            stats: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new({
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0x9e37_79b9_7f4a_7c15);
+        h.finish() | 1
+    });
+}
+
+/// A fast per-thread xorshift: routing decisions need spread, not secrecy.
+pub fn random(below: u64) -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        if below == 0 {
+            0
+        } else {
+            x % below
+        }
+    })
+}
+
+/// Chooses among weighted backendRefs.
+pub fn pick_weighted(backends: &[WeightedBackend]) -> Option<usize> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = random(total);
+    for (i, b) in backends.iter().enumerate() {
+        let w = u64::from(b.weight);
+        if point < w {
+            return Some(i);
+        }
+        point -= w;
+    }
+    None
+}
+
+impl Balancer {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    pub fn stats(&self, addr: SocketAddr) -> Arc<EndpointStats> {
+        if let Some(s) = self
+            .stats
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+        {
+            return s.clone();
+        }
+        self.stats
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    /// Picks an endpoint of `set`, never one in `exclude`. Ready endpoints
+    /// first, terminating ones only when none is ready; ejected endpoints
+    /// only when every candidate is ejected.
+    pub fn pick(&self, set: &BackendSet, exclude: &[SocketAddr]) -> Option<(SocketAddr, InFlight)> {
+        let candidates: Vec<SocketAddr> = set
+            .usable(|e| !exclude.contains(&SocketAddr::new(e.address, e.port)))
+            .into_iter()
+            .map(|e| SocketAddr::new(e.address, e.port))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let now = self.now_ms();
+        let stats: Vec<(SocketAddr, Arc<EndpointStats>)> =
+            candidates.iter().map(|a| (*a, self.stats(*a))).collect();
+        let healthy: Vec<&(SocketAddr, Arc<EndpointStats>)> = stats
+            .iter()
+            .filter(|(_, s)| s.ejected_until_ms.load(Ordering::Relaxed) <= now)
+            .collect();
+        let pool: Vec<&(SocketAddr, Arc<EndpointStats>)> = if healthy.is_empty() {
+            stats.iter().collect()
+        } else {
+            healthy
+        };
+        let chosen = if pool.len() == 1 {
+            pool[0]
+        } else {
+            let a = random(pool.len() as u64) as usize;
+            let mut b = random(pool.len() as u64 - 1) as usize;
+            if b >= a {
+                b += 1;
+            }
+            let load = |i: usize| pool[i].1.in_flight.load(Ordering::Relaxed);
+            if load(b) < load(a) {
+                pool[b]
+            } else {
+                pool[a]
+            }
+        };
+        chosen.1.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some((chosen.0, InFlight(chosen.1.clone())))
+    }
+
+    pub fn connect_failed(&self, addr: SocketAddr) {
+        let s = self.stats(addr);
+        let failures = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let backoff = (BASE_EJECTION_MS << (failures - 1).min(5)).min(MAX_EJECTION_MS);
+        s.ejected_until_ms
+            .store(self.now_ms() + backoff, Ordering::Relaxed);
+        tracing::warn!(endpoint = %addr, failures, ejected_ms = backoff, "endpoint failed to connect; ejected");
+    }
+
+    pub fn connect_succeeded(&self, addr: SocketAddr) {
+        let s = self.stats(addr);
+        if s.consecutive_failures.swap(0, Ordering::Relaxed) > 0 {
+            s.ejected_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pier_snapshot::{BackendRef, Endpoint};
+
+    fn set(n: u8) -> BackendSet {
+        BackendSet {
+            endpoints: (1..=n)
+                .map(|i| Endpoint {
+                    address: [10, 0, 0, i].into(),
+                    port: 80,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    zone: None,
+                    node_name: None,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn least_request_avoids_busy_endpoints() {
+        let b = Balancer::default();
+        let s = set(2);
+        let (first, _held) = b.pick(&s, &[]).unwrap();
+        // With one request outstanding on `first`, P2C over two endpoints picks the other.
+        for _ in 0..50 {
+            let (next, _) = b.pick(&s, &[]).unwrap();
+            assert_ne!(next, first);
+        }
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_until_all_are_ejected() {
+        let b = Balancer::default();
+        let s = set(2);
+        let bad: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        b.connect_failed(bad);
+        for _ in 0..50 {
+            assert_ne!(b.pick(&s, &[]).unwrap().0, bad);
+        }
+        b.connect_failed("10.0.0.2:80".parse().unwrap());
+        assert!(b.pick(&s, &[]).is_some(), "all ejected: still try one");
+        assert!(b.pick(&s, &[bad, "10.0.0.2:80".parse().unwrap()]).is_none());
+    }
+
+    #[test]
+    fn weights_split_traffic() {
+        let backends = vec![
+            WeightedBackend {
+                backend: BackendRef::Unresolved("a".into()),
+                weight: 90,
+                filters: vec![],
+            },
+            WeightedBackend {
+                backend: BackendRef::Unresolved("b".into()),
+                weight: 10,
+                filters: vec![],
+            },
+            WeightedBackend {
+                backend: BackendRef::Unresolved("c".into()),
+                weight: 0,
+                filters: vec![],
+            },
+        ];
+        let mut counts = [0u32; 3];
+        for _ in 0..10_000 {
+            counts[pick_weighted(&backends).unwrap()] += 1;
+        }
+        assert!((8_700..9_300).contains(&counts[0]), "{counts:?}");
+        assert_eq!(counts[2], 0);
+    }
+}

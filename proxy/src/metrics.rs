@@ -1,0 +1,106 @@
+//! Prometheus metrics, served on the admin port.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub latency: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub swaps: IntCounter,
+    pub rejected: IntCounter,
+    pub routes_version: IntGauge,
+    pub backends_version: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "pier_proxy_requests_total",
+                "Requests by route and status code",
+            ),
+            &["route", "code"],
+        )
+        .expect("metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "pier_proxy_request_duration_seconds",
+                "Request latency, downstream first byte to response end",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route"],
+        )
+        .expect("metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "pier_proxy_upstream_errors_total",
+                "Upstream failures by kind",
+            ),
+            &["kind"],
+        )
+        .expect("metric");
+        let in_flight = IntGauge::new("pier_proxy_requests_in_flight", "Requests being served")
+            .expect("metric");
+        let swaps = IntCounter::new("pier_proxy_snapshot_swaps_total", "Snapshots installed")
+            .expect("metric");
+        let rejected = IntCounter::new(
+            "pier_proxy_snapshot_rejected_total",
+            "Snapshots rejected (the previous one kept serving)",
+        )
+        .expect("metric");
+        let routes_version = IntGauge::new(
+            "pier_proxy_snapshot_routes_version",
+            "Version of the routes part in use",
+        )
+        .expect("metric");
+        let backends_version = IntGauge::new(
+            "pier_proxy_snapshot_backends_version",
+            "Version of the backends part in use",
+        )
+        .expect("metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(swaps.clone()),
+            Box::new(rejected.clone()),
+            Box::new(routes_version.clone()),
+            Box::new(backends_version.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            in_flight,
+            swaps,
+            rejected,
+            routes_version,
+            backends_version,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,116 @@
+//! The immutable routing state built from one snapshot, and the shared cell
+//! it is swapped into.
+
+use crate::balancer::Balancer;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use pier_route_table::{HostMap, RouteTable};
+use pier_snapshot::{PortProtocol, Snapshot, SniAction};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Everything a request needs, built once per snapshot.
+pub struct Routing {
+    pub snapshot: Arc<Snapshot>,
+    pub table: RouteTable,
+    /// Loaded certificates by snapshot key; broken ones are left out.
+    pub certificates: HashMap<String, Arc<CertifiedKey>>,
+    /// Per TLS port: SNI pattern → certificates to offer.
+    pub sni: HashMap<u16, HostMap<Vec<Arc<CertifiedKey>>>>,
+}
+
+/// Why a snapshot was not installed.
+#[derive(Debug)]
+pub struct Rejected(pub String);
+
+impl Routing {
+    pub fn build(snapshot: Snapshot) -> Result<Routing, Rejected> {
+        snapshot.validate().map_err(|e| Rejected(e.to_string()))?;
+        let table = RouteTable::build(&snapshot).map_err(|e| Rejected(e.to_string()))?;
+        let mut certificates = HashMap::new();
+        for (key, cert) in &snapshot.certificates.data {
+            match crate::tls::load_certified_key(&cert.chain_pem, &cert.private_key_pem.0) {
+                Ok(ck) => {
+                    certificates.insert(key.clone(), Arc::new(ck));
+                }
+                // A broken Secret loses only the listeners that use it.
+                Err(e) => {
+                    tracing::error!(certificate = %key, error = %e, "certificate not loaded; SNI names using only it will fail the handshake")
+                }
+            }
+        }
+        let mut sni = HashMap::new();
+        for listener in &snapshot.routes.data.listeners {
+            if listener.protocol != PortProtocol::Tls {
+                continue;
+            }
+            let mut map = HostMap::default();
+            for entry in &listener.tls {
+                if let SniAction::TerminateHttp { certificates: keys } = &entry.action {
+                    let loaded: Vec<_> = keys
+                        .iter()
+                        .filter_map(|k| certificates.get(k).cloned())
+                        .collect();
+                    if !loaded.is_empty() {
+                        map.insert(&entry.hostname, false, loaded);
+                    }
+                }
+            }
+            sni.insert(listener.port, map);
+        }
+        Ok(Routing {
+            snapshot: Arc::new(snapshot),
+            table,
+            certificates,
+            sni,
+        })
+    }
+}
+
+/// State shared by every request and by the snapshot source.
+pub struct Shared {
+    pub routing: ArcSwapOption<Routing>,
+    pub balancer: Balancer,
+    pub metrics: Metrics,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            routing: ArcSwapOption::empty(),
+            balancer: Balancer::default(),
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+impl Shared {
+    /// Builds and swaps in a snapshot. On failure the current routing stays.
+    pub fn install(&self, snapshot: Snapshot) -> Result<(), Rejected> {
+        let versions = (snapshot.routes.version, snapshot.backends.version);
+        match Routing::build(snapshot) {
+            Ok(routing) => {
+                self.routing.store(Some(Arc::new(routing)));
+                self.metrics.swaps.inc();
+                self.metrics.routes_version.set(versions.0 as i64);
+                self.metrics.backends_version.set(versions.1 as i64);
+                tracing::info!(
+                    routes_version = versions.0,
+                    backends_version = versions.1,
+                    "snapshot installed"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.rejected.inc();
+                tracing::error!(error = %e.0, "snapshot rejected; the previous one keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.routing.load().is_some()
+    }
+}

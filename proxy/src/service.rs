@@ -1,0 +1,739 @@
+//! The pingora service: route with the current table, apply filters, pick an
+//! endpoint, proxy, and answer per spec when something is missing
+//! (404 no route, 421 misdirected, 500 unresolved backend, 503 no endpoint,
+//! 502 connect failure, 504 timeout).
+
+use crate::balancer::{pick_weighted, InFlight};
+use crate::routing::{Routing, Shared};
+use crate::tls::ServerName;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pier_route_table::{HeaderLookup, RequestInfo, Selection};
+use pier_snapshot::{
+    AppProtocol, BackendRef, CorsPolicy, HeaderEdits, HttpFilter, HttpFilterRef, HttpRouteEntry,
+    PathMatch, PathRewrite, Redirect, RouteAction,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use pingora::ErrorType;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct PierProxy {
+    pub shared: Arc<Shared>,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: u64,
+}
+
+/// Per-request state (pingora's CTX).
+pub struct RequestCtx {
+    start: Instant,
+    routing: Option<Arc<Routing>>,
+    entry: Option<Arc<HttpRouteEntry>>,
+    backend_index: usize,
+    backend_key: Option<String>,
+    tls: bool,
+    host: String,
+    /// Endpoints tried for this request (a failed connect retries another one once).
+    tried: Vec<SocketAddr>,
+    in_flight: Option<InFlight>,
+    origin: Option<String>,
+    body_bytes: u64,
+    status_hint: Option<u16>,
+}
+
+struct HeaderMapLookup<'a>(&'a http::HeaderMap);
+
+impl HeaderLookup for HeaderMapLookup<'_> {
+    fn any_value(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.0
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(&mut *pred))
+    }
+}
+
+fn error(status: u16) -> Box<Error> {
+    Error::new(ErrorType::HTTPStatus(status))
+}
+
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(headers.len() + 2))?;
+    for (name, value) in headers {
+        resp.insert_header(name.to_string(), value.as_str())?;
+    }
+    resp.insert_header("content-length", body.len().to_string())?;
+    if !body.is_empty() {
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+    }
+    session
+        .write_response_header(Box::new(resp), body.is_empty())
+        .await?;
+    if !body.is_empty() {
+        session
+            .write_response_body(Some(Bytes::from(body.to_string())), true)
+            .await?;
+    }
+    Ok(())
+}
+
+fn apply_request_edits(req: &mut RequestHeader, edits: &HeaderEdits) -> Result<()> {
+    for (name, value) in &edits.set {
+        req.insert_header(name.to_ascii_lowercase(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        req.append_header(name.to_ascii_lowercase(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        req.remove_header(name.as_str());
+    }
+    Ok(())
+}
+
+fn apply_response_edits(resp: &mut ResponseHeader, edits: &HeaderEdits) -> Result<()> {
+    for (name, value) in &edits.set {
+        resp.insert_header(name.to_ascii_lowercase(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        resp.append_header(name.to_ascii_lowercase(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        resp.remove_header(name.as_str());
+    }
+    Ok(())
+}
+
+/// The path after a prefix rewrite: the matched prefix is replaced, the rest kept.
+fn rewrite_prefix(path: &str, matched: &str, replacement: &str) -> String {
+    let rest = if matched == "/" {
+        path
+    } else {
+        path.strip_prefix(matched).unwrap_or(path)
+    };
+    let rest = rest.trim_start_matches('/');
+    let base = replacement.trim_end_matches('/');
+    match (base.is_empty(), rest.is_empty()) {
+        (true, true) => "/".into(),
+        (true, false) => format!("/{rest}"),
+        (false, true) => base.to_string(),
+        (false, false) => format!("{base}/{rest}"),
+    }
+}
+
+fn rewritten_path(entry: &HttpRouteEntry, rewrite: &PathRewrite, path: &str) -> String {
+    match rewrite {
+        PathRewrite::Full(p) => p.clone(),
+        PathRewrite::Prefix(replacement) => match &entry.matcher.path {
+            PathMatch::Prefix(matched) => rewrite_prefix(path, matched, replacement),
+            _ => path.to_string(),
+        },
+    }
+}
+
+fn origin_allowed(policy: &CorsPolicy, origin: &str) -> bool {
+    policy.allow_origins.iter().any(|o| {
+        o == "*" || o.eq_ignore_ascii_case(origin) || {
+            // `https://*.example.com` style wildcards.
+            match o.split_once('*') {
+                Some((head, tail)) => {
+                    origin.len() > head.len() + tail.len()
+                        && origin.starts_with(head)
+                        && origin.ends_with(tail)
+                }
+                None => false,
+            }
+        }
+    })
+}
+
+fn cors_policy(entry: &HttpRouteEntry) -> Option<&CorsPolicy> {
+    entry.filters.iter().find_map(|f| match f {
+        HttpFilter::Cors(c) => Some(c),
+        _ => None,
+    })
+}
+
+/// `host[:port]` (IPv6 literals in brackets) → host and port.
+fn split_host_port(host: &str) -> (String, Option<u16>) {
+    let port_at = if host.starts_with('[') {
+        host.find("]:").map(|i| i + 1)
+    } else {
+        host.rfind(':')
+    };
+    match port_at {
+        Some(i) => match host[i + 1..].parse::<u16>() {
+            Ok(p) => (host[..i].to_string(), Some(p)),
+            Err(_) => (host.to_string(), None),
+        },
+        None => (host.to_string(), None),
+    }
+}
+
+fn redirect_location(
+    r: &Redirect,
+    entry: &HttpRouteEntry,
+    tls: bool,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    let scheme = r
+        .scheme
+        .clone()
+        .unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
+    let (req_host, req_port) = split_host_port(host);
+    let hostname = r.hostname.clone().unwrap_or(req_host);
+    // Per spec: an explicit port wins; a scheme change drops the request's port;
+    // otherwise keep it. Default ports are never written.
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => req_port,
+    };
+    let port =
+        port.filter(|p| !((scheme == "http" && *p == 80) || (scheme == "https" && *p == 443)));
+    let new_path = r
+        .path
+        .as_ref()
+        .map_or_else(|| path.to_string(), |rw| rewritten_path(entry, rw, path));
+    let mut location = format!("{scheme}://{hostname}");
+    if let Some(p) = port {
+        location.push_str(&format!(":{p}"));
+    }
+    location.push_str(&new_path);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    location
+}
+
+impl PierProxy {
+    fn route_label(ctx: &RequestCtx) -> String {
+        ctx.entry.as_ref().map_or_else(
+            || "none".into(),
+            |e| format!("{}/{}/{}", e.source.kind, e.source.namespace, e.source.name),
+        )
+    }
+
+    /// Picks an endpoint for the chosen backend, avoiding endpoints already tried.
+    fn choose_endpoint(&self, ctx: &mut RequestCtx) -> Option<SocketAddr> {
+        let routing = ctx.routing.as_ref()?;
+        let set = routing
+            .snapshot
+            .backends
+            .data
+            .get(ctx.backend_key.as_ref()?)?;
+        let (addr, guard) = self.shared.balancer.pick(set, &ctx.tried)?;
+        ctx.tried.push(addr);
+        ctx.in_flight = Some(guard);
+        Some(addr)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for PierProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        self.shared.metrics.in_flight.inc();
+        RequestCtx {
+            start: Instant::now(),
+            routing: None,
+            entry: None,
+            backend_index: 0,
+            backend_key: None,
+            tls: false,
+            host: String::new(),
+            tried: Vec::new(),
+            in_flight: None,
+            origin: None,
+            body_bytes: 0,
+            status_hint: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(routing) = self.shared.routing.load_full() else {
+            respond(session, 503, &[], "pier-proxy has no configuration yet\n").await?;
+            ctx.status_hint = Some(503);
+            return Ok(true);
+        };
+        let sni = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<ServerName>())
+            .map(|n| n.0.clone());
+        ctx.tls = sni.is_some();
+        let port = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(0, |a| a.port());
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let method = req.method.as_str().to_string();
+        ctx.origin = req
+            .headers
+            .get("origin")
+            .and_then(|o| o.to_str().ok())
+            .map(str::to_string);
+        let preflight = req.method == http::Method::OPTIONS
+            && req.headers.contains_key("access-control-request-method");
+        if let Some(len) = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > self.max_body_bytes {
+                respond(session, 413, &[], "request body too large\n").await?;
+                ctx.status_hint = Some(413);
+                return Ok(true);
+            }
+        }
+        // Route in a block: the header view must not live across an await.
+        let selected: Result<Arc<HttpRouteEntry>, u16> = {
+            let lookup = HeaderMapLookup(&req.headers);
+            let info = RequestInfo {
+                port,
+                sni: sni.as_deref(),
+                host: &host,
+                method: &method,
+                path: &path,
+                query: query.as_deref(),
+                headers: &lookup,
+            };
+            match routing.table.select(&info) {
+                Selection::Route(entry) => Ok(entry.clone()),
+                Selection::Misdirected => Err(421),
+                Selection::NoListener | Selection::UnknownSni | Selection::NotFound => Err(404),
+            }
+        };
+        ctx.host = host.clone();
+        let entry = match selected {
+            Ok(entry) => entry,
+            Err(421) => {
+                respond(
+                    session,
+                    421,
+                    &[],
+                    "misdirected request: this host is not served on this TLS connection\n",
+                )
+                .await?;
+                ctx.status_hint = Some(421);
+                return Ok(true);
+            }
+            Err(code) => {
+                respond(session, code, &[], "no route\n").await?;
+                ctx.status_hint = Some(code);
+                return Ok(true);
+            }
+        };
+        ctx.entry = Some(entry.clone());
+        ctx.routing = Some(routing.clone());
+
+        // CORS preflight is answered here; allowed or not, it never reaches a backend.
+        if let (Some(policy), true) = (cors_policy(&entry), preflight) {
+            let origin = ctx.origin.clone().unwrap_or_default();
+            let mut headers = Vec::new();
+            if origin_allowed(policy, &origin) {
+                headers.push((
+                    "access-control-allow-origin",
+                    if policy.allow_credentials || !policy.allow_origins.iter().any(|o| o == "*") {
+                        origin.clone()
+                    } else {
+                        "*".into()
+                    },
+                ));
+                headers.push((
+                    "access-control-allow-methods",
+                    policy.allow_methods.join(", "),
+                ));
+                headers.push((
+                    "access-control-allow-headers",
+                    policy.allow_headers.join(", "),
+                ));
+                if policy.allow_credentials {
+                    headers.push(("access-control-allow-credentials", "true".into()));
+                }
+                if let Some(age) = policy.max_age_seconds {
+                    headers.push(("access-control-max-age", age.to_string()));
+                }
+                headers.push(("vary", "origin".into()));
+            }
+            respond(session, 204, &headers, "").await?;
+            ctx.status_hint = Some(204);
+            return Ok(true);
+        }
+
+        match &entry.action {
+            RouteAction::Redirect(r) => {
+                let location =
+                    redirect_location(r, &entry, ctx.tls, &host, &path, query.as_deref());
+                respond(session, r.status, &[("location", location)], "").await?;
+                ctx.status_hint = Some(r.status);
+                Ok(true)
+            }
+            RouteAction::Respond { status, reason } => {
+                respond(session, *status, &[], &format!("{reason}\n")).await?;
+                ctx.status_hint = Some(*status);
+                Ok(true)
+            }
+            RouteAction::Forward(backends) => {
+                let Some(i) = pick_weighted(backends) else {
+                    respond(session, 500, &[], "no backend\n").await?;
+                    ctx.status_hint = Some(500);
+                    return Ok(true);
+                };
+                ctx.backend_index = i;
+                match &backends[i].backend {
+                    BackendRef::Unresolved(why) => {
+                        tracing::debug!(reason = %why, "backendRef unresolved: 500");
+                        respond(session, 500, &[], "backend not resolved\n").await?;
+                        ctx.status_hint = Some(500);
+                        Ok(true)
+                    }
+                    BackendRef::Service(key) => {
+                        ctx.backend_key = Some(key.clone());
+                        Ok(false)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > self.max_body_bytes {
+                return Err(error(413));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (protocol, external) = {
+            let routing = ctx.routing.as_ref().ok_or_else(|| error(500))?;
+            let set = ctx
+                .backend_key
+                .as_ref()
+                .and_then(|k| routing.snapshot.backends.data.get(k))
+                .ok_or_else(|| error(500))?;
+            (
+                set.protocol,
+                set.external_name.clone().map(|n| (n, set.port)),
+            )
+        };
+        let addr = match external {
+            Some((name, port)) => tokio::net::lookup_host((name.as_str(), port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    Error::explain(ErrorType::ConnectNoRoute, format!("cannot resolve {name}"))
+                })?,
+            None => self.choose_endpoint(ctx).ok_or_else(|| error(503))?,
+        };
+        let entry = ctx.entry.as_ref().ok_or_else(|| error(500))?;
+        let tls = protocol == AppProtocol::Https;
+        let sni = ctx
+            .host
+            .rsplit_once(':')
+            .map_or(ctx.host.as_str(), |(h, _)| h)
+            .to_string();
+        let mut peer = HttpPeer::new(addr, tls, sni);
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        if let Some(ms) = entry
+            .timeouts
+            .backend_request_ms
+            .or(entry.timeouts.request_ms)
+        {
+            peer.options.read_timeout = Some(Duration::from_millis(ms));
+            peer.options.total_connection_timeout = Some(Duration::from_millis(ms));
+        }
+        // No BackendTLSPolicy yet: in-cluster HTTPS backends use self-signed certificates.
+        peer.options.verify_cert = false;
+        peer.options.verify_hostname = false;
+        let grpc = entry.source.kind == "GRPCRoute";
+        // gRPC needs HTTP/2 whatever the appProtocol says; h2c when not TLS.
+        if protocol == AppProtocol::H2c || grpc {
+            peer.options.set_http_version(2, 2);
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let entry = ctx.entry.clone().ok_or_else(|| error(500))?;
+        let path = upstream.uri.path().to_string();
+        for filter in &entry.filters {
+            match filter {
+                HttpFilter::RequestHeaders(edits) => apply_request_edits(upstream, edits)?,
+                HttpFilter::UrlRewrite {
+                    hostname,
+                    path: rewrite,
+                } => {
+                    if let Some(h) = hostname {
+                        upstream.insert_header(http::header::HOST, h.as_str())?;
+                    }
+                    if let Some(rw) = rewrite {
+                        let new_path = rewritten_path(&entry, rw, &path);
+                        let pq = match upstream.uri.query() {
+                            Some(q) => format!("{new_path}?{q}"),
+                            None => new_path,
+                        };
+                        let uri: http::Uri = pq.parse().map_err(|_| error(500))?;
+                        upstream.set_uri(uri);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let RouteAction::Forward(backends) = &entry.action {
+            for f in &backends[ctx.backend_index].filters {
+                if let HttpFilterRef::RequestHeaders(edits) = f {
+                    apply_request_edits(upstream, edits)?;
+                }
+            }
+        }
+        // X-Forwarded-*: append the client, keep what a trusted hop set before.
+        if let Some(client) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+        {
+            let xff = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {client}"),
+                None => client,
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        if !ctx.host.is_empty() {
+            upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(addr) = peer.address().as_inet() {
+            self.shared.balancer.connect_succeeded(*addr);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = peer.address().as_inet() {
+            self.shared.balancer.connect_failed(*addr);
+        }
+        self.shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&["connect"])
+            .inc();
+        // One retry, on another endpoint (upstream_peer excludes those tried).
+        if ctx.tried.len() < 2 {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(entry) = ctx.entry.clone() else {
+            return Ok(());
+        };
+        for filter in &entry.filters {
+            if let HttpFilter::ResponseHeaders(edits) = filter {
+                apply_response_edits(resp, edits)?;
+            }
+        }
+        if let RouteAction::Forward(backends) = &entry.action {
+            if let Some(b) = backends.get(ctx.backend_index) {
+                for f in &b.filters {
+                    if let HttpFilterRef::ResponseHeaders(edits) = f {
+                        apply_response_edits(resp, edits)?;
+                    }
+                }
+            }
+        }
+        if let (Some(policy), Some(origin)) = (cors_policy(&entry), ctx.origin.as_deref()) {
+            if origin_allowed(policy, origin) {
+                let wildcard =
+                    policy.allow_origins.iter().any(|o| o == "*") && !policy.allow_credentials;
+                resp.insert_header(
+                    "access-control-allow-origin",
+                    if wildcard { "*" } else { origin },
+                )?;
+                if policy.allow_credentials {
+                    resp.insert_header("access-control-allow-credentials", "true")?;
+                }
+                if !policy.expose_headers.is_empty() {
+                    resp.insert_header(
+                        "access-control-expose-headers",
+                        policy.expose_headers.join(", "),
+                    )?;
+                }
+                resp.append_header("vary", "origin")?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::TLSHandshakeFailure => 502,
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            _ => match e.esource() {
+                pingora::ErrorSource::Upstream => 502,
+                pingora::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if matches!(code, 502 | 504) {
+            self.shared
+                .metrics
+                .upstream_errors
+                .with_label_values(&[if code == 504 { "timeout" } else { "connect" }])
+                .inc();
+        }
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        ctx.status_hint = Some(code);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let m = &self.shared.metrics;
+        m.in_flight.dec();
+        ctx.in_flight = None;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.status_hint)
+            .unwrap_or(0);
+        let route = Self::route_label(ctx);
+        let elapsed = ctx.start.elapsed();
+        m.requests
+            .with_label_values(&[route.as_str(), itoa(status).as_str()])
+            .inc();
+        m.latency
+            .with_label_values(&[route.as_str()])
+            .observe(elapsed.as_secs_f64());
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            method = %req.method,
+            host = %ctx.host,
+            path = %req.uri.path(),
+            status,
+            route = %route,
+            upstream = ?ctx.tried.last(),
+            duration_us = elapsed.as_micros() as u64,
+            error = e.map(|e| e.to_string()),
+        );
+    }
+}
+
+fn itoa(n: u16) -> String {
+    n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrites_keep_the_rest_of_the_path() {
+        assert_eq!(rewrite_prefix("/api/v1/x", "/api", "/v2"), "/v2/v1/x");
+        assert_eq!(rewrite_prefix("/api", "/api", "/"), "/");
+        assert_eq!(rewrite_prefix("/api/x", "/api", "/"), "/x");
+        assert_eq!(rewrite_prefix("/x/y", "/", "/pre"), "/pre/x/y");
+        assert_eq!(rewrite_prefix("/api/", "/api", "/v2"), "/v2");
+    }
+
+    #[test]
+    fn cors_origins_match_exactly_or_by_wildcard() {
+        let p = CorsPolicy {
+            allow_origins: vec!["https://*.example.com".into(), "http://a.test".into()],
+            ..Default::default()
+        };
+        assert!(origin_allowed(&p, "https://x.example.com"));
+        assert!(origin_allowed(&p, "http://a.test"));
+        assert!(!origin_allowed(&p, "https://example.com"));
+        assert!(!origin_allowed(&p, "http://b.test"));
+    }
+}
