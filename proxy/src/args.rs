@@ -37,6 +37,9 @@ pub struct Args {
     /// Port Ingress TLS hosts are served on.
     #[arg(long, default_value_t = 443, value_parser = clap::value_parser!(u16).range(1..))]
     pub ingress_https_port: u16,
+    /// Quiet time after a change in the manifest folder before reloading.
+    #[arg(long, default_value_t = 100)]
+    pub reload_settle_ms: u64,
     /// Also start the two demo upstreams the examples point at (127.0.0.1:9001 and :9002).
     #[arg(long)]
     pub demo_upstreams: bool,

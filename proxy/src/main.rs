@@ -87,7 +87,7 @@ fn run(args: Args) -> Result<()> {
         let shared = shared.clone();
         let current = current.clone();
         let options = options.clone();
-        pier_manifests::watch(&dir, move |loaded| match loaded {
+        pier_manifests::watch_with_settle(&dir, std::time::Duration::from_millis(args.reload_settle_ms), move |loaded| match loaded {
             Ok(state) => {
                 let out = translate(&state, &options);
                 let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());

@@ -461,7 +461,18 @@ impl ProxyHttp for PierProxy {
                 .ok_or_else(|| {
                     Error::explain(ErrorType::ConnectNoRoute, format!("cannot resolve {name}"))
                 })?,
-            None => self.choose_endpoint(ctx).ok_or_else(|| error(503))?,
+            None => match self.choose_endpoint(ctx) {
+                Some(addr) => addr,
+                // Retrying after a failed connect with nowhere else to go: the
+                // answer is about the failed connect (502), not 503.
+                None if !ctx.tried.is_empty() => {
+                    return Err(Error::explain(
+                        ErrorType::ConnectRefused,
+                        "no other endpoint to retry on",
+                    ))
+                }
+                None => return Err(error(503)),
+            },
         };
         let entry = ctx.entry.as_ref().ok_or_else(|| error(500))?;
         let tls = protocol == AppProtocol::Https;

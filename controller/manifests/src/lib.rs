@@ -7,7 +7,7 @@
 mod strict;
 mod watch;
 
-pub use watch::watch;
+pub use watch::{watch, watch_with_settle};
 
 use pier_translate::ClusterState;
 use serde::de::DeserializeOwned;

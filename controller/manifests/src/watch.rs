@@ -16,6 +16,15 @@ pub fn watch(
     dir: &Path,
     on_change: impl Fn(Result<ClusterState, ManifestErrors>) + Send + 'static,
 ) -> notify::Result<notify::RecommendedWatcher> {
+    watch_with_settle(dir, SETTLE, on_change)
+}
+
+/// [`watch`] with a chosen quiet period (tests use a short one).
+pub fn watch_with_settle(
+    dir: &Path,
+    settle: Duration,
+    on_change: impl Fn(Result<ClusterState, ManifestErrors>) + Send + 'static,
+) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, rx) = mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -29,7 +38,7 @@ pub fn watch(
         .spawn(move || {
             // Ends when the watcher (and with it the sender) is dropped.
             while rx.recv().is_ok() {
-                while rx.recv_timeout(SETTLE).is_ok() {}
+                while rx.recv_timeout(settle).is_ok() {}
                 on_change(load_dir(&dir));
             }
         })

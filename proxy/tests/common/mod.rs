@@ -1,0 +1,212 @@
+//! Test harness: real pier-proxy and echo processes on loopback, manifests in
+//! a temporary folder, readiness by polling sockets (never sleeping).
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pier-proxy");
+
+/// A port free at the time of asking.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls until `addr` accepts TCP connections.
+pub fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{addr} did not start listening");
+        std::thread::yield_now();
+    }
+}
+
+/// Polls until `addr` accepts connections; fails at once (with `logs`) if the process exits.
+pub fn wait_for_port_of(proc: &mut Proc, addr: SocketAddr, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            panic!(
+                "process exited ({status}) before listening on {addr}:\n{}",
+                logs()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not start listening:\n{}",
+            logs()
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A child process killed (and reaped) when dropped, even if the test fails.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An echo upstream answering with what it received and its name.
+pub struct Echo {
+    pub port: u16,
+    _proc: Proc,
+}
+
+pub fn echo(name: &str) -> Echo {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args([
+            "--threads",
+            "1",
+            "echo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--name",
+            name,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    wait_for_port_of(&mut proc, SocketAddr::from(([127, 0, 0, 1], port)), || {
+        String::new()
+    });
+    Echo { port, _proc: proc }
+}
+
+/// A running pier-proxy serving `dir`.
+pub struct Proxy {
+    pub admin: u16,
+    pub dir: tempfile::TempDir,
+    pub proc: Proc,
+    pub log: PathBuf,
+}
+
+impl Proxy {
+    pub fn start(manifests: &str, listen_ports: &[u16], extra: &[&str]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifests.yaml"), manifests).unwrap();
+        let admin = free_port();
+        let log = dir.path().join("proxy.log");
+        let child = Command::new(BIN)
+            .args([
+                "--manifests",
+                &dir.path().to_string_lossy(),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+                "--listen-host",
+                "127.0.0.1",
+                "--reload-settle-ms",
+                "5",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut proxy = Proxy {
+            admin,
+            dir,
+            proc: Proc(child),
+            log,
+        };
+        let log = proxy.log.clone();
+        let logs = move || std::fs::read_to_string(&log).unwrap_or_default();
+        for port in std::iter::once(&admin).chain(listen_ports) {
+            wait_for_port_of(
+                &mut proxy.proc,
+                SocketAddr::from(([127, 0, 0, 1], *port)),
+                &logs,
+            );
+        }
+        proxy
+    }
+
+    pub fn manifests_path(&self) -> PathBuf {
+        self.dir.path().join("manifests.yaml")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replaces the manifests; the proxy reloads on its own.
+    pub fn rewrite(&self, manifests: &str) {
+        let tmp = self.dir.path().join(".next");
+        std::fs::write(&tmp, manifests).unwrap();
+        std::fs::rename(&tmp, self.manifests_path()).unwrap();
+    }
+
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let body = ureq_get(&format!("http://127.0.0.1:{}/metrics", self.admin));
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+}
+
+/// A plain blocking HTTP/1.0 GET for the admin port (no client library involved).
+pub fn ureq_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let mut s = TcpStream::connect(authority).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// Service + EndpointSlice YAML for a backend `name` at 127.0.0.1:`port`.
+pub fn service(name: &str, port: u16, app_protocol: Option<&str>) -> String {
+    let app = app_protocol
+        .map(|p| format!("\n    appProtocol: {p}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  ports:\n  - name: http\n    port: 80{app}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints:\n- addresses: [127.0.0.1]\n---\n"
+    )
+}
+
+pub const GATEWAY_CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: pier}\nspec: {controllerName: pier.dev/gateway-controller}\n---\n";
+
+/// A Gateway with one HTTP listener on `port`.
+pub fn http_gateway(port: u16) -> String {
+    format!(
+        "{GATEWAY_CLASS}apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: pier\n  listeners:\n  - {{name: http, protocol: HTTP, port: {port}}}\n---\n"
+    )
+}
+
+/// Parses the echo's JSON answer.
+pub fn echoed(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an echo answer ({e}): {body}"))
+}
+
+pub fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    echo["headers"]
+        .as_array()?
+        .iter()
+        .find(|h| h[0] == name)
+        .and_then(|h| h[1].as_str())
+}
+
+pub fn tmp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}

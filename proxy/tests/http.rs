@@ -1,0 +1,249 @@
+//! pier-proxy over real sockets: routing, filters and answers per spec.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get(port: u16, host: &str, path: &str) -> reqwest::Response {
+    client()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_by_host_path_method_header_and_query_with_precedence() {
+    let (a, b, c) = (echo("a"), echo("b"), echo("c"));
+    let port = free_port();
+    let manifests = format!(
+        "{}{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [app.test]\n  rules:\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    backendRefs: [{{name: a, port: 80}}]\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /api}}}}]\n    backendRefs: [{{name: b, port: 80}}]\n\
+         \x20\x20- matches: [{{path: {{type: Exact, value: /api/login}}}}, {{path: {{type: PathPrefix, value: /api}}, method: POST}}, {{path: {{type: PathPrefix, value: /api}}, headers: [{{name: X-Canary, value: 'yes'}}]}}, {{path: {{type: PathPrefix, value: /api}}, queryParams: [{{name: v, value: '2'}}]}}]\n    backendRefs: [{{name: c, port: 80}}]\n",
+        http_gateway(port),
+        service("a", a.port, None),
+        service("b", b.port, None),
+        service("c", c.port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[port], &[]);
+    let server = |r: &serde_json::Value| r["server"].as_str().unwrap().to_string();
+    let check = |path: &'static str, want: &'static str| async move {
+        let resp = get(port, "app.test", path).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(server(&echoed(&resp.text().await.unwrap())), want, "{path}");
+    };
+    check("/", "a").await;
+    check("/apix", "a").await; // whole segments only
+    check("/api", "b").await;
+    check("/api/things", "b").await;
+    check("/api/login", "c").await;
+    check("/api/things?v=2", "c").await;
+    let resp = client()
+        .post(format!("http://127.0.0.1:{port}/api/x"))
+        .header("host", "app.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(server(&echoed(&resp.text().await.unwrap())), "c");
+    let resp = client()
+        .get(format!("http://127.0.0.1:{port}/api/x"))
+        .header("host", "app.test")
+        .header("x-canary", "yes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(server(&echoed(&resp.text().await.unwrap())), "c");
+    // Unknown host: 404 from the proxy itself.
+    assert_eq!(get(port, "other.test", "/").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_rewrite_redirect_and_edit_headers() {
+    let a = echo("a");
+    let port = free_port();
+    let manifests = format!(
+        "{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /old}}}}]\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {{scheme: https, statusCode: 308, path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}}}\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /v1}}}}]\n    filters:\n    - type: URLRewrite\n      urlRewrite: {{hostname: internal.test, path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}}\n    - type: RequestHeaderModifier\n      requestHeaderModifier: {{set: [{{name: x-set, value: s}}], add: [{{name: x-add, value: a}}], remove: [x-drop]}}\n    - type: ResponseHeaderModifier\n      responseHeaderModifier: {{add: [{{name: x-resp, value: r}}], remove: [x-echo-server]}}\n    backendRefs: [{{name: a, port: 80}}]\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /cors}}}}]\n    filters:\n    - type: CORS\n      cors: {{allowOrigins: ['https://*.example.com'], allowMethods: [GET, PUT], allowHeaders: [x-token], maxAge: 60}}\n    backendRefs: [{{name: a, port: 80}}]\n",
+        http_gateway(port),
+        service("a", a.port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[port], &[]);
+
+    let resp = get(port, "shop.test:8080", "/old/cart?id=1").await;
+    assert_eq!(resp.status(), 308);
+    assert_eq!(
+        resp.headers()["location"],
+        "https://shop.test/new/cart?id=1"
+    );
+
+    let resp = client()
+        .get(format!("http://127.0.0.1:{port}/v1/items?q=1"))
+        .header("host", "shop.test")
+        .header("x-drop", "1")
+        .header("x-add", "first")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-resp"], "r");
+    assert!(
+        resp.headers().get("x-echo-server").is_none(),
+        "response header removed"
+    );
+    let seen = echoed(&resp.text().await.unwrap());
+    assert_eq!(seen["path"], "/v2/items");
+    assert_eq!(seen["query"], "q=1");
+    assert_eq!(header(&seen, "host"), Some("internal.test"));
+    assert_eq!(header(&seen, "x-set"), Some("s"));
+    assert_eq!(header(&seen, "x-drop"), None);
+    let adds: Vec<&str> = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "x-add")
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
+    assert_eq!(adds, vec!["first", "a"]);
+    assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header(&seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(header(&seen, "x-forwarded-host"), Some("shop.test"));
+
+    // CORS: preflight answered by the proxy, actual request gets the allow-origin header.
+    let resp = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://127.0.0.1:{port}/cors"),
+        )
+        .header("host", "shop.test")
+        .header("origin", "https://app.example.com")
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(resp.headers()["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(resp.headers()["access-control-max-age"], "60");
+    let resp = client()
+        .get(format!("http://127.0.0.1:{port}/cors"))
+        .header("host", "shop.test")
+        .header("origin", "https://evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_500_503_502_504_and_413_per_spec() {
+    let a = echo("a");
+    let port = free_port();
+    let closed = free_port(); // nothing listens there: connect refused
+                              // An upstream that accepts and never answers: the backend timeout fires.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let manifests = format!(
+        "{}{}{}{}apiVersion: v1\nkind: Service\nmetadata: {{name: empty, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /missing}}}}]\n    backendRefs: [{{name: nope, port: 80}}]\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /empty}}}}]\n    backendRefs: [{{name: empty, port: 80}}]\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /refused}}}}]\n    backendRefs: [{{name: closed, port: 80}}]\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /slow}}}}]\n    timeouts: {{request: 300ms}}\n    backendRefs: [{{name: silent, port: 80}}]\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    backendRefs: [{{name: a, port: 80}}]\n",
+        http_gateway(port),
+        service("a", a.port, None),
+        service("closed", closed, None),
+        service("silent", silent_port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[port], &["--max-body-bytes", "1024"]);
+    assert_eq!(get(port, "x.test", "/missing").await.status(), 500);
+    assert_eq!(get(port, "x.test", "/empty").await.status(), 503);
+    assert_eq!(get(port, "x.test", "/refused").await.status(), 502);
+    assert_eq!(get(port, "x.test", "/slow").await.status(), 504);
+    let big = client()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("host", "x.test")
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let small = client()
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("host", "x.test")
+        .body(vec![b'x'; 100])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    assert_eq!(echoed(&small.text().await.unwrap())["body_bytes"], 100);
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weights_split_traffic_and_h2c_downstream_answers() {
+    let (a, b) = (echo("a"), echo("b"));
+    let port = free_port();
+    let manifests = format!(
+        "{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n\
+         \x20\x20- backendRefs: [{{name: a, port: 80, weight: 3}}, {{name: b, port: 80, weight: 1}}]\n",
+        http_gateway(port),
+        service("a", a.port, None),
+        service("b", b.port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[port], &[]);
+    // HTTP/1.1 keep-alive for the split, then h2c (prior knowledge) with several streams.
+    let h1 = client();
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..400 {
+        let resp = h1
+            .get(format!("http://127.0.0.1:{port}/"))
+            .header("host", "w.test")
+            .send()
+            .await
+            .unwrap();
+        let seen = echoed(&resp.text().await.unwrap());
+        *counts
+            .entry(seen["server"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("w.test", ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
+    let resp = h2
+        .get(format!("http://w.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200, "{:?}", resp.headers());
+    assert!(echoed(&resp.text().await.unwrap())["server"].is_string());
+    for _ in 0..10 {
+        let resp = h2
+            .get(format!("http://w.test:{port}/again"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(echoed(&resp.text().await.unwrap())["path"], "/again");
+    }
+    let a_share = counts["a"] as f64 / 400.0;
+    assert!((0.65..0.85).contains(&a_share), "{counts:?}");
+}
