@@ -27,7 +27,17 @@ pub fn watch_with_settle(
 ) -> notify::Result<notify::RecommendedWatcher> {
     let (tx, rx) = mpsc::channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        // Only manifest files matter: logs or editor swap files in the folder
+        // must not keep the reload loop busy.
+        let relevant = event.is_ok_and(|e| {
+            !e.kind.is_access()
+                && e.paths.iter().any(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    !name.starts_with('.')
+                        && (name.ends_with(".yaml") || name.ends_with(".yml") || p.is_dir())
+                })
+        });
+        if relevant {
             let _ = tx.send(());
         }
     })?;

@@ -90,6 +90,7 @@ pub fn echo(name: &str) -> Echo {
 pub struct Proxy {
     pub admin: u16,
     pub dir: tempfile::TempDir,
+    _logs: tempfile::TempDir,
     pub proc: Proc,
     pub log: PathBuf,
 }
@@ -99,7 +100,8 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("manifests.yaml"), manifests).unwrap();
         let admin = free_port();
-        let log = dir.path().join("proxy.log");
+        let logs_dir = tempfile::tempdir().unwrap();
+        let log = logs_dir.path().join("proxy.log");
         let child = Command::new(BIN)
             .args([
                 "--manifests",
@@ -119,6 +121,7 @@ impl Proxy {
         let mut proxy = Proxy {
             admin,
             dir,
+            _logs: logs_dir,
             proc: Proc(child),
             log,
         };
@@ -157,20 +160,38 @@ impl Proxy {
     }
 }
 
-/// A plain blocking HTTP/1.0 GET for the admin port (no client library involved).
+/// A plain blocking HTTP/1.1 GET for the admin port (no client library
+/// involved); reads exactly Content-Length bytes, so it never waits on keep-alive.
 pub fn ureq_get(url: &str) -> String {
-    use std::io::{Read, Write};
+    use std::io::{BufRead, BufReader, Read, Write};
     let rest = url.strip_prefix("http://").unwrap();
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
     let mut s = TcpStream::connect(authority).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// Service + EndpointSlice YAML for a backend `name` at 127.0.0.1:`port`.

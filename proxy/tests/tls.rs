@@ -1,0 +1,126 @@
+//! TLS termination with rustls: certificate per SNI, ALPN h2, 421 for a Host
+//! outside the SNI's listener, and a broken Secret that costs only its own listener.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn tls_secret(name: &str, cert: &str, key: &str) -> String {
+    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n---\n", b64(cert), b64(key))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_follow_sni_and_misdirected_hosts_get_421() {
+    let a_cert = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    let b_cert = rcgen::generate_simple_self_signed(vec!["*.b.test".to_string()]).unwrap();
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let upstream = echo("tls-backend");
+    let port = free_port();
+    let manifests = format!(
+        "{GATEWAY_CLASS}{}{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: pier\n  listeners:\n\
+         \x20 - {{name: a, protocol: HTTPS, port: {port}, hostname: a.test, tls: {{certificateRefs: [{{name: a}}]}}}}\n\
+         \x20 - {{name: b, protocol: HTTPS, port: {port}, hostname: '*.b.test', tls: {{certificateRefs: [{{name: b}}]}}}}\n\
+         \x20 - {{name: c, protocol: HTTPS, port: {port}, hostname: c.test, tls: {{certificateRefs: [{{name: broken}}]}}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: backend, port: 80}}]\n",
+        tls_secret("a", &a_cert.cert.pem(), &a_cert.signing_key.serialize_pem()),
+        tls_secret("b", &b_cert.cert.pem(), &b_cert.signing_key.serialize_pem()),
+        // PEM-shaped, but the key does not belong to the certificate.
+        tls_secret("broken", &a_cert.cert.pem(), &other_key.serialize_pem()),
+        service("backend", upstream.port, None),
+    );
+    let proxy = Proxy::start(&manifests, &[port], &[]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let client = |h2: bool, max12: bool| {
+        let mut b = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(a_cert.cert.pem().as_bytes()).unwrap(),
+            )
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(b_cert.cert.pem().as_bytes()).unwrap(),
+            )
+            .resolve("a.test", addr)
+            .resolve("x.b.test", addr)
+            .resolve("c.test", addr)
+            .resolve("nobody.test", addr)
+            .timeout(Duration::from_secs(10));
+        if !h2 {
+            b = b.http1_only();
+        }
+        if max12 {
+            b = b.max_tls_version(reqwest::tls::Version::TLS_1_2);
+        }
+        b.build().unwrap()
+    };
+
+    // a.test: its own certificate (the client trusts it for a.test only), ALPN h2.
+    let resp = client(true, false)
+        .get(format!("https://a.test:{port}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let seen = echoed(&resp.text().await.unwrap());
+    assert_eq!(header(&seen, "x-forwarded-proto"), Some("https"));
+    // *.b.test: the wildcard certificate; TLS 1.2 is accepted too.
+    let resp = client(false, true)
+        .get(format!("https://x.b.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A Host that belongs to another listener than the SNI's: 421.
+    let resp = client(false, false)
+        .get(format!("https://a.test:{port}/"))
+        .header("host", "x.b.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 421);
+    // The broken Secret fails only c.test's handshake; unknown names fail too.
+    assert!(client(false, false)
+        .get(format!("https://c.test:{port}/"))
+        .send()
+        .await
+        .is_err());
+    assert!(client(false, false)
+        .get(format!("https://nobody.test:{port}/"))
+        .send()
+        .await
+        .is_err());
+    assert!(client(false, false)
+        .get(format!("https://a.test:{port}/again"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    assert!(
+        proxy.logs().contains("certificate not loaded"),
+        "the broken Secret is reported"
+    );
+    assert!(
+        !proxy.logs().contains("PRIVATE KEY"),
+        "key material is never logged"
+    );
+}
