@@ -28,6 +28,9 @@ pub struct Args {
     /// Largest request body accepted; larger ones get 413.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: u64,
+    /// Largest request head (all header names and values) accepted; larger ones get 431.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
     /// Seconds in-flight requests get to finish on SIGTERM / SIGINT.
     #[arg(long, default_value_t = 5)]
     pub grace_seconds: u64,

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod args;
 pub mod balancer;
 pub mod echo;
+pub mod l4;
 pub mod metrics;
 pub mod routing;
 pub mod service;

@@ -5,10 +5,11 @@ use clap::Parser;
 use pier_proxy::admin::Admin;
 use pier_proxy::args::{Args, Command};
 use pier_proxy::echo::Echo;
-use pier_proxy::routing::Shared;
+use pier_proxy::l4::L4Forwarder;
+use pier_proxy::routing::{is_passthrough_port, Shared};
 use pier_proxy::service::PierProxy;
 use pier_proxy::tls::{SniCapture, SniResolver};
-use pier_snapshot::{PortProtocol, Snapshot};
+use pier_snapshot::{PortProtocol, Snapshot, SniAction};
 use pier_translate::{translate, TranslateOptions};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -112,6 +113,7 @@ fn run(args: Args) -> Result<()> {
         PierProxy {
             shared: shared.clone(),
             max_body_bytes: args.max_body_bytes,
+            max_header_bytes: args.max_header_bytes,
         },
         "pier-proxy",
     );
@@ -121,11 +123,41 @@ fn run(args: Args) -> Result<()> {
         app.server_options = Some(opts);
     }
     // Ports come from the first snapshot; routes on them hot-swap, new ports need a restart.
+    let mut l4_services = Vec::new();
     for listener in &snapshot.routes.data.listeners {
         let addr = std::net::SocketAddr::new(args.listen_host, listener.port).to_string();
         match listener.protocol {
+            PortProtocol::Tls if is_passthrough_port(listener) => {
+                let mut service = Service::new(
+                    format!("pier-proxy tls-passthrough :{}", listener.port),
+                    L4Forwarder {
+                        port: listener.port,
+                        shared: shared.clone(),
+                    },
+                );
+                service.add_tcp(&addr);
+                l4_services.push(service);
+            }
+            PortProtocol::Tcp => {
+                let mut service = Service::new(
+                    format!("pier-proxy tcp :{}", listener.port),
+                    L4Forwarder {
+                        port: listener.port,
+                        shared: shared.clone(),
+                    },
+                );
+                service.add_tcp(&addr);
+                l4_services.push(service);
+            }
             PortProtocol::Http => proxy.add_tcp(&addr),
             PortProtocol::Tls => {
+                if listener
+                    .tls
+                    .iter()
+                    .any(|e| !matches!(e.action, SniAction::TerminateHttp { .. }))
+                {
+                    tracing::warn!(port = listener.port, "TLS passthrough / TCP termination mixed with HTTPS on one port is not served yet; only the HTTPS names work");
+                }
                 let mut tls = TlsSettings::with_callbacks(Box::new(SniCapture))
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 tls.set_cert_resolver(Arc::new(SniResolver {
@@ -135,13 +167,18 @@ fn run(args: Args) -> Result<()> {
                 tls.enable_h2();
                 proxy.add_tls_with_settings(&addr, None, tls);
             }
-            // TLS passthrough / TCP / UDP forwarding are not implemented yet.
-            PortProtocol::Tcp | PortProtocol::Udp => {
-                tracing::warn!(port = listener.port, protocol = ?listener.protocol, "L4 listeners are not served yet");
+            PortProtocol::Udp => {
+                tracing::warn!(
+                    port = listener.port,
+                    "UDPRoute forwarding is not implemented yet"
+                );
                 continue;
             }
         }
         tracing::info!(%addr, protocol = ?listener.protocol, "listening");
+    }
+    for service in l4_services {
+        server.add_service(service);
     }
     server.add_service(proxy);
     let mut admin = Service::new(

@@ -5,7 +5,7 @@ use crate::balancer::Balancer;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwapOption;
 use pier_route_table::{HostMap, RouteTable};
-use pier_snapshot::{PortProtocol, Snapshot, SniAction};
+use pier_snapshot::{L4Route, PortProtocol, Snapshot, SniAction};
 use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +18,10 @@ pub struct Routing {
     pub certificates: HashMap<String, Arc<CertifiedKey>>,
     /// Per TLS port: SNI pattern → certificates to offer.
     pub sni: HashMap<u16, HostMap<Vec<Arc<CertifiedKey>>>>,
+    /// Per TLS port served as passthrough: SNI pattern → route.
+    pub passthrough: HashMap<u16, HostMap<L4Route>>,
+    /// Per TCP port: the route.
+    pub tcp: HashMap<u16, L4Route>,
 }
 
 /// Why a snapshot was not installed.
@@ -41,9 +45,26 @@ impl Routing {
             }
         }
         let mut sni = HashMap::new();
+        let mut passthrough = HashMap::new();
+        let mut tcp = HashMap::new();
         for listener in &snapshot.routes.data.listeners {
+            if listener.protocol == PortProtocol::Tcp {
+                if let Some(route) = &listener.l4 {
+                    tcp.insert(listener.port, route.clone());
+                }
+                continue;
+            }
             if listener.protocol != PortProtocol::Tls {
                 continue;
+            }
+            let mut pass = HostMap::default();
+            for entry in &listener.tls {
+                if let SniAction::Passthrough { route } = &entry.action {
+                    pass.insert(&entry.hostname, false, route.clone());
+                }
+            }
+            if is_passthrough_port(listener) {
+                passthrough.insert(listener.port, pass);
             }
             let mut map = HostMap::default();
             for entry in &listener.tls {
@@ -64,8 +85,21 @@ impl Routing {
             table,
             certificates,
             sni,
+            passthrough,
+            tcp,
         })
     }
+}
+
+/// A TLS port whose SNI entries are all passthrough is served by the L4
+/// forwarder; ports that terminate TLS are served by the HTTP proxy.
+pub fn is_passthrough_port(listener: &pier_snapshot::PortListener) -> bool {
+    listener.protocol == PortProtocol::Tls
+        && !listener.tls.is_empty()
+        && listener
+            .tls
+            .iter()
+            .all(|e| matches!(e.action, SniAction::Passthrough { .. }))
 }
 
 /// State shared by every request and by the snapshot source.

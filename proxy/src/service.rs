@@ -28,6 +28,8 @@ pub struct PierProxy {
     pub shared: Arc<Shared>,
     /// Largest request body accepted (413 above it).
     pub max_body_bytes: u64,
+    /// Largest request head accepted (431 above it).
+    pub max_header_bytes: usize,
 }
 
 /// Per-request state (pingora's CTX).
@@ -218,12 +220,75 @@ fn redirect_location(
     location
 }
 
+/// Sends a copy of the request head to a mirror endpoint and ignores the
+/// answer (fire-and-forget; request bodies are not mirrored).
+fn spawn_mirror(addr: SocketAddr, head: Vec<u8>) {
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(&head).await?;
+            let mut sink = [0u8; 4096];
+            while s.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        };
+        if tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .is_err()
+        {
+            tracing::debug!(mirror = %addr, "mirror request timed out");
+        }
+    });
+}
+
+fn mirror_head(req: &RequestHeader, host: &str) -> Vec<u8> {
+    let mut head = format!(
+        "{} {} HTTP/1.1\r\nhost: {host}\r\n",
+        req.method,
+        req.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    for (name, value) in req.headers.iter() {
+        if matches!(
+            name.as_str(),
+            "host" | "content-length" | "transfer-encoding" | "connection"
+        ) {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            head.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    head.push_str("content-length: 0\r\nconnection: close\r\n\r\n");
+    head.into_bytes()
+}
+
 impl PierProxy {
     fn route_label(ctx: &RequestCtx) -> String {
         ctx.entry.as_ref().map_or_else(
             || "none".into(),
             |e| format!("{}/{}/{}", e.source.kind, e.source.namespace, e.source.name),
         )
+    }
+
+    fn mirror(&self, session: &Session, routing: &Routing, entry: &HttpRouteEntry, host: &str) {
+        for filter in &entry.filters {
+            let HttpFilter::Mirror {
+                backend: BackendRef::Service(key),
+                fraction_ppm,
+            } = filter
+            else {
+                continue;
+            };
+            if crate::balancer::random(1_000_000) >= u64::from(*fraction_ppm) {
+                continue;
+            }
+            let Some(set) = routing.snapshot.backends.data.get(key) else {
+                continue;
+            };
+            if let Some((addr, _slot)) = self.shared.balancer.pick(set, &[]) {
+                spawn_mirror(addr, mirror_head(session.req_header(), host));
+            }
+        }
     }
 
     /// Picks an endpoint for the chosen backend, avoiding endpoints already tried.
@@ -297,6 +362,17 @@ impl ProxyHttp for PierProxy {
             .map(str::to_string);
         let preflight = req.method == http::Method::OPTIONS
             && req.headers.contains_key("access-control-request-method");
+        let head_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+        if head_bytes > self.max_header_bytes {
+            respond(session, 431, &[], "request header fields too large\n").await?;
+            ctx.status_hint = Some(431);
+            return Ok(true);
+        }
         if let Some(len) = req
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -413,6 +489,7 @@ impl ProxyHttp for PierProxy {
                     }
                     BackendRef::Service(key) => {
                         ctx.backend_key = Some(key.clone());
+                        self.mirror(session, &routing, &entry, &host);
                         Ok(false)
                     }
                 }

@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 const SWAPS: u64 = 1_000;
 
 fn manifests(port: u16, a: u16, b: u16, generation: u64) -> String {
-    let (wa, wb) = if generation.is_multiple_of(2) { (1, 0) } else { (1, 1) };
+    let (wa, wb) = if generation.is_multiple_of(2) {
+        (1, 0)
+    } else {
+        (1, 1)
+    };
     let extra = if generation.is_multiple_of(3) {
         "  - matches: [{path: {type: PathPrefix, value: /extra}}]\n    backendRefs: [{name: b, port: 80}]\n"
     } else {

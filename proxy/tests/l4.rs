@@ -1,0 +1,101 @@
+//! L4 forwarding through real sockets: TCPRoute by port, TLSRoute passthrough by SNI.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A TCP server that reports the first bytes it gets, answers `reply`, then echoes.
+fn tcp_backend(reply: &'static [u8]) -> (u16, mpsc::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let Ok(n) = conn.read(&mut buf) else { return };
+                let _ = tx.send(buf[..n].to_vec());
+                let _ = conn.write_all(reply);
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+fn client_hello(sni: &str) -> Vec<u8> {
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), sni.to_string().try_into().unwrap())
+            .unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+#[test]
+fn tcp_routes_and_tls_passthrough_forward_bytes_untouched() {
+    let (db_port, db_rx) = tcp_backend(b"db-ready\n");
+    let (tls_port, tls_rx) = tcp_backend(b"tls-backend\n");
+    let (tcp_listen, tls_listen) = (free_port(), free_port());
+    let manifests = format!(
+        "{GATEWAY_CLASS}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: pier\n  listeners:\n\
+         \x20 - {{name: db, protocol: TCP, port: {tcp_listen}}}\n\
+         \x20 - {{name: pass, protocol: TLS, port: {tls_listen}, tls: {{mode: Passthrough}}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: db, namespace: default}}\nspec:\n  parentRefs: [{{name: gw, sectionName: db}}]\n  rules: [{{backendRefs: [{{name: db, port: 80}}]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: pass, namespace: default}}\nspec:\n  parentRefs: [{{name: gw, sectionName: pass}}]\n  hostnames: [pass.test]\n  rules: [{{backendRefs: [{{name: secure, port: 80}}]}}]\n",
+        service("db", db_port, None),
+        service("secure", tls_port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[tcp_listen, tls_listen], &[]);
+
+    // TCP: the first bytes arrive as sent, the reply and the echo come back.
+    let mut s = TcpStream::connect(("127.0.0.1", tcp_listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"\x00\x01startup").unwrap();
+    assert_eq!(
+        db_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        b"\x00\x01startup"
+    );
+    let mut reply = [0u8; 9];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"db-ready\n");
+    s.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping");
+
+    // TLS passthrough: the backend receives the client's own ClientHello, byte for byte.
+    let hello = client_hello("pass.test");
+    let mut s = TcpStream::connect(("127.0.0.1", tls_listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&hello).unwrap();
+    assert_eq!(tls_rx.recv_timeout(Duration::from_secs(10)).unwrap(), hello);
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"tls-backend\n");
+
+    // An SNI with no route is closed without reaching any backend.
+    let mut s = TcpStream::connect(("127.0.0.1", tls_listen)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&client_hello("other.test")).unwrap();
+    let mut buf = [0u8; 16];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    assert!(tls_rx.try_recv().is_err());
+}
