@@ -90,7 +90,7 @@ http {{ access_log off; keepalive_requests 1000000;
   proxy_http_version 1.1; proxy_set_header Connection "";
   proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;
   proxy_set_header X-Forwarded-Host $host; proxy_set_header X-Generation {generation};
-  server {{ listen 127.0.0.1:{HTTP_PORT}; listen 127.0.0.1:{HTTPS_PORT} ssl; http2 on; server_name bench.test;
+  server {{ listen 127.0.0.1:{HTTP_PORT}; listen 127.0.0.1:{HTTPS_PORT} ssl http2; server_name bench.test;
     ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
 {locations}
   }} }}
