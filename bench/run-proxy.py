@@ -260,7 +260,8 @@ def run_one(kind, d, scenario, duration):
         if t:
             stop.set(); t.join()
         r["cpu"] = cpu
-        r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 else float("nan")
+        # NGINX workers replaced by a reload take their CPU time with them: no figure then.
+    r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 and not (kind == "nginx" and scenario == "d") else float("nan")
         r["rss_mib"] = peak_rss_kib(proxy.pids()) / 1024
         r["changes"] = changes[0]
         return r
@@ -314,13 +315,15 @@ def write_report(args, results, ceiling):
             rs = results.get((s, kind), [])
             if not rs:
                 continue
-            lines.append(f"| {names[s]} | {kind} | {med([r['rps'] for r in rs]):.0f} | {med([r['req_per_cpu_s'] for r in rs]):.0f} | "
+            per_cpu = med([r['req_per_cpu_s'] for r in rs])
+            per_cpu = "n/a (reloaded workers exit with their CPU time)" if per_cpu != per_cpu else f"{per_cpu:.0f}"
+            lines.append(f"| {names[s]} | {kind} | {med([r['rps'] for r in rs]):.0f} | {per_cpu} | "
                          f"{med([r['p50'] for r in rs]):.2f} | {med([r['p99'] for r in rs]):.2f} | {sum(r['errors'] for r in rs):.0f} | "
                          f"{max(r['rss_mib'] for r in rs):.1f} |")
     lines += ["", "Per-round ratios (pier / nginx):", ""]
     for s in args.only.split(","):
         p, n = results.get((s, "pier"), []), results.get((s, "nginx"), [])
-        rr = [f"req/s {a['rps'] / b['rps']:.2f}, req/CPU-s {a['req_per_cpu_s'] / b['req_per_cpu_s']:.2f}, p99 {a['p99'] / b['p99']:.2f}"
+        rr = [f"req/s {a['rps'] / b['rps']:.2f}, req/CPU-s {a['req_per_cpu_s'] / b['req_per_cpu_s']:.2f}, p99 {a['p99'] / b['p99']:.2f}".replace("nan", "n/a")
               for a, b in zip(p, n) if b["rps"] and b["p99"]]
         lines.append(f"- {names[s]}: " + "; ".join(rr))
     if ("d", "pier") in results:

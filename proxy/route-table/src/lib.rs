@@ -1,7 +1,7 @@
 //! Immutable, prebuilt L7 matchers built from a snapshot's listeners.
 //!
 //! [`RouteTable::build`] does all the work that does not depend on the
-//! request (host maps, exact-path maps, a prefix trie, compiled regexes), so
+//! request (host maps, exact-path maps, a per-segment prefix map, compiled regexes), so
 //! [`RouteTable::select`] does only lookups. [`RouteTable::explain`] runs the
 //! same matcher and records why each candidate did or did not match, so
 //! `pier-controller explain` never disagrees with the data plane.
@@ -16,7 +16,6 @@ use pier_snapshot::{
 use regex::Regex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use trie_rs::map::{Trie, TrieBuilder};
 
 /// A snapshot the table cannot be built from (e.g. an invalid regex).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +90,9 @@ struct VirtualHostTable {
     hostname: String,
     entries: Vec<CompiledEntry>,
     exact: HashMap<String, Vec<usize>>,
-    prefixes: Trie<u8, Vec<usize>>,
+    /// Prefix → entries. Looked up once per segment boundary of the request
+    /// path (a radix walk over segments): O(segments), no allocation.
+    prefixes: HashMap<String, Vec<usize>>,
     regexes: Vec<usize>,
 }
 
@@ -151,15 +152,11 @@ impl VirtualHostTable {
                 query_regexes: compile_values(&e.matcher.query_params, &at)?,
             });
         }
-        let mut builder = TrieBuilder::new();
-        for (prefix, list) in prefix_lists {
-            builder.push(prefix.as_bytes(), list);
-        }
         Ok(VirtualHostTable {
             hostname: hostname.into(),
             entries: compiled,
             exact,
-            prefixes: builder.build(),
+            prefixes: prefix_lists,
             regexes,
         })
     }
@@ -167,12 +164,19 @@ impl VirtualHostTable {
     /// Indices of entries whose path matches, in precedence order.
     fn path_candidates(&self, path: &str) -> Vec<usize> {
         let mut out: Vec<usize> = self.exact.get(path).cloned().unwrap_or_default();
-        let bytes = path.as_bytes();
-        for (prefix, list) in self.prefixes.common_prefix_search::<Vec<u8>, _>(bytes) {
-            // Whole segments only: `/foo` matches `/foo` and `/foo/...`, not `/foobar`.
-            let boundary =
-                prefix == b"/" || bytes.len() == prefix.len() || bytes[prefix.len()] == b'/';
-            if boundary {
+        // Whole segments only: `/foo` matches `/foo` and `/foo/...`, not `/foobar`.
+        if let Some(list) = self.prefixes.get("/") {
+            out.extend(list);
+        }
+        for (i, b) in path.bytes().enumerate().skip(1) {
+            if b == b'/' {
+                if let Some(list) = self.prefixes.get(&path[..i]) {
+                    out.extend(list);
+                }
+            }
+        }
+        if path.len() > 1 {
+            if let Some(list) = self.prefixes.get(path) {
                 out.extend(list);
             }
         }
