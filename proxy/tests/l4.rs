@@ -19,7 +19,10 @@ fn tcp_backend(reply: &'static [u8]) -> (u16, mpsc::Receiver<Vec<u8>>) {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 64 * 1024];
-                let Ok(n) = conn.read(&mut buf) else { return };
+                // Readiness probes connect and close: nothing to report for them.
+                let Ok(n @ 1..) = conn.read(&mut buf) else {
+                    return;
+                };
                 let _ = tx.send(buf[..n].to_vec());
                 let _ = conn.write_all(reply);
                 while let Ok(n) = conn.read(&mut buf) {
