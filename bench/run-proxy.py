@@ -260,8 +260,8 @@ def run_one(kind, d, scenario, duration):
         if t:
             stop.set(); t.join()
         r["cpu"] = cpu
-        # NGINX workers replaced by a reload take their CPU time with them: no figure then.
-    r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 and not (kind == "nginx" and scenario == "d") else float("nan")
+            # NGINX workers replaced by a reload take their CPU time with them: no figure then.
+        r["req_per_cpu_s"] = r["requests"] / cpu if cpu > 0 and not (kind == "nginx" and scenario == "d") else float("nan")
         r["rss_mib"] = peak_rss_kib(proxy.pids()) / 1024
         r["changes"] = changes[0]
         return r
