@@ -42,8 +42,10 @@ fn main() {
 fn server_conf(args: &Args) -> ServerConf {
     ServerConf {
         threads: usize::from(args.threads),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(args.grace_seconds),
+        // On SIGTERM listeners stop accepting at once; requests in flight get
+        // the grace period to finish, then the runtimes stop.
+        grace_period_seconds: Some(args.grace_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
         upstream_keepalive_pool_size: 1024,
         // One current-thread runtime per worker: no work-stealing overhead per request.
         work_stealing: false,

@@ -42,7 +42,7 @@ fn sigterm_drains_the_request_in_flight() {
         http_gateway(listen),
         service("slow", up_port, None),
     );
-    let mut proxy = Proxy::start(&manifests, &[listen], &["--grace-seconds", "20"]);
+    let mut proxy = Proxy::start(&manifests, &[listen], &["--grace-seconds", "3"]);
     let client = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", listen)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
