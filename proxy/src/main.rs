@@ -54,10 +54,12 @@ fn server_conf(args: &Args) -> ServerConf {
 }
 
 fn echo_service(listen: &str, name: &str) -> Service<HttpServer<Echo>> {
-    let mut service = Service::new(
-        format!("echo {name}"),
-        HttpServer::new_app(Echo { name: name.into() }),
-    );
+    let mut app = HttpServer::new_app(Echo { name: name.into() });
+    // h2c too, so gRPC-style (HTTP/2-only) upstreams can be tested against it.
+    let mut opts = HttpServerOptions::default();
+    opts.h2c = true;
+    app.server_options = Some(opts);
+    let mut service = Service::new(format!("echo {name}"), app);
     service.add_tcp(listen);
     service
 }

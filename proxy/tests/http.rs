@@ -247,3 +247,58 @@ async fn weights_split_traffic_and_h2c_downstream_answers() {
     let a_share = counts["a"] as f64 / 400.0;
     assert!((0.65..0.85).contains(&a_share), "{counts:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_routes_match_service_and_method_and_reach_backends_over_http2() {
+    let (greeter, other) = (echo("greeter"), echo("other"));
+    let port = free_port();
+    let manifests = format!(
+        "{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n\
+         \x20 - matches: [{{method: {{service: helloworld.Greeter, method: SayHello}}}}]\n    backendRefs: [{{name: greeter, port: 80}}]\n\
+         \x20 - matches: [{{method: {{service: helloworld.Greeter}}, headers: [{{name: x-env, value: canary}}]}}]\n    backendRefs: [{{name: other, port: 80}}]\n",
+        http_gateway(port),
+        service("greeter", greeter.port, None),
+        service("other", other.port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[port], &[]);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("grpc.test", ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
+    let call = |path: &'static str, env: Option<&'static str>| {
+        let h2 = h2.clone();
+        async move {
+            let mut req = h2
+                .post(format!("http://grpc.test:{port}{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(vec![0u8, 0, 0, 0, 0]);
+            if let Some(e) = env {
+                req = req.header("x-env", e);
+            }
+            req.send().await.unwrap()
+        }
+    };
+    let resp = call("/helloworld.Greeter/SayHello", None).await;
+    assert_eq!(resp.status(), 200);
+    let seen = echoed(&resp.text().await.unwrap());
+    assert_eq!(seen["server"], "greeter");
+    assert_eq!(
+        seen["version"], "HTTP/2.0",
+        "GRPCRoute backends are reached over HTTP/2 (h2c)"
+    );
+    let seen = echoed(
+        &call("/helloworld.Greeter/SayGoodbye", Some("canary"))
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(seen["server"], "other");
+    assert_eq!(
+        call("/helloworld.Greeter/SayGoodbye", None).await.status(),
+        404
+    );
+    assert_eq!(call("/other.Svc/SayHello", None).await.status(), 404);
+}

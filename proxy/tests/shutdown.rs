@@ -46,30 +46,49 @@ fn sigterm_drains_the_request_in_flight() {
     let client = std::thread::spawn(move || {
         let mut s = TcpStream::connect(("127.0.0.1", listen)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.write_all(b"GET /slow HTTP/1.1\r\nHost: s.test\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: s.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
     });
-    request_seen.recv_timeout(Duration::from_secs(10)).expect("the request reached the upstream");
+    request_seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the request reached the upstream");
     let pid = proxy.proc.0.id().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     // New connections stop being accepted while the old request is still open.
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", listen)).is_ok() {
-        assert!(Instant::now() < deadline, "the listener kept accepting after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the listener kept accepting after SIGTERM"
+        );
         std::thread::yield_now();
     }
     release.send(()).unwrap();
     let answer = client.join().unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("drained"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("drained"),
+        "{answer}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = proxy.proc.0.try_wait().unwrap() {
-            assert!(status.success() || status.code().is_none() || status.code() == Some(0), "{status}");
+            assert!(
+                status.success() || status.code().is_none() || status.code() == Some(0),
+                "{status}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "the proxy did not exit after draining");
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not exit after draining"
+        );
         std::thread::yield_now();
     }
 }
