@@ -17,6 +17,7 @@ import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, te
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIER = os.path.join(ROOT, "target/release/pier-proxy")
+FLOOR = os.path.join(ROOT, "target/release/examples/pingora_floor")
 UPSTREAM_PORT, HTTP_PORT, HTTPS_PORT, ADMIN_PORT = 19000, 18080, 18443, 19901
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -182,6 +183,25 @@ class Pier:
             self.p.kill(); self.p.wait()
 
 
+class Floor:
+    """pingora's smallest proxy (proxy/examples/pingora_floor.rs): the framework's own cost."""
+    name = "pingora-floor"
+
+    def __init__(self, d, routes):
+        self.p = subprocess.Popen(["taskset", "-c", "0", FLOOR, f"127.0.0.1:{HTTP_PORT}", f"127.0.0.1:{UPSTREAM_PORT}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(HTTP_PORT)
+
+    def change(self, generation):
+        pass
+
+    def pids(self):
+        return [self.p.pid]
+
+    def stop(self):
+        self.p.kill(); self.p.wait()
+
+
 class Nginx:
     name = "nginx"
 
@@ -235,7 +255,7 @@ def wrk(url, duration, host="bench.test"):
 
 def run_one(kind, d, scenario, duration):
     routes = 10_000 if scenario == "c" else 10
-    proxy = (Pier if kind == "pier" else Nginx)(d, routes)
+    proxy = {"pier": Pier, "nginx": Nginx, "pingora-floor": Floor}[kind](d, routes)
     try:
         path = f"/r{routes // 2}/x"
         url = (f"https://127.0.0.1:{HTTPS_PORT}{path}" if scenario == "b" else f"http://127.0.0.1:{HTTP_PORT}{path}")
@@ -276,8 +296,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--only", default="a,b,c,d")
     args = ap.parse_args()
-    if not os.path.exists(PIER):
-        subprocess.run(["cargo", "build", "--release", "-p", "pier-proxy"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "pier-proxy", "--bins", "--examples"], cwd=ROOT, check=True)
     d = tempfile.mkdtemp(prefix="pier-bench-")
     make_cert(d)
     up = nginx_upstream(d)
@@ -286,7 +305,9 @@ def main():
         ceiling = wrk(f"http://127.0.0.1:{UPSTREAM_PORT}/", args.duration)
         for scenario in args.only.split(","):
             for rnd in range(args.rounds):
-                for kind in ("pier", "nginx"):
+                # The framework floor only makes sense where no pier feature is involved.
+                kinds = ("pier", "nginx", "pingora-floor") if scenario == "a" else ("pier", "nginx")
+                for kind in kinds:
                     r = run_one(kind, d, scenario, args.duration)
                     results.setdefault((scenario, kind), []).append(r)
                     print(f"{scenario} round {rnd} {kind}: {r['rps']:.0f} req/s, {r['req_per_cpu_s']:.0f} req/CPU-s, "
@@ -306,12 +327,13 @@ def write_report(args, results, ceiling):
              f"Machine: {os.cpu_count()} cores, kernel {os.uname().release}, {subprocess.run(['nginx', '-v'], capture_output=True, text=True).stderr.strip()}, "
              f"{subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.splitlines()[0] if True else ''}, {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}", "",
              "Setup: proxy pinned on CPU 0 with one worker thread/process; wrk (-t1 -c32) and the upstream (NGINX `return 200`) on CPU 1. "
-             "Rounds alternate pier, nginx. Medians over rounds; ratio = pier / nginx.", "",
+             "Rounds alternate pier, nginx (and, in (a), pingora-floor: the smallest pingora proxy, one fixed peer, no routing/filters/metrics, "
+             "`proxy/examples/pingora_floor.rs`, to separate the framework's cost from pier's). Medians over rounds; ratio = pier / nginx.", "",
              f"Direct-to-upstream ceiling (wrk → upstream, same pinning): {ceiling['rps']:.0f} req/s, p99 {ceiling['p99']:.2f} ms.", "",
              "| scenario | proxy | req/s | req per proxy CPU-s | p50 ms | p99 ms | errors | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|"]
     for s in args.only.split(","):
-        for kind in ("pier", "nginx"):
+        for kind in ("pier", "nginx", "pingora-floor"):
             rs = results.get((s, kind), [])
             if not rs:
                 continue

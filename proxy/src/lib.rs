@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod routing;
 pub mod service;
 pub mod tls;
+pub mod udp;

@@ -9,6 +9,7 @@ use pier_proxy::l4::L4Forwarder;
 use pier_proxy::routing::{is_passthrough_port, Shared};
 use pier_proxy::service::PierProxy;
 use pier_proxy::tls::{SniCapture, SniResolver};
+use pier_proxy::udp::UdpForwarder;
 use pier_snapshot::{PortProtocol, Snapshot, SniAction};
 use pier_translate::{translate, TranslateOptions};
 use pingora::apps::http_app::HttpServer;
@@ -135,6 +136,7 @@ fn run(args: Args) -> Result<()> {
     }
     // Ports come from the first snapshot; routes on them hot-swap, new ports need a restart.
     let mut l4_services = Vec::new();
+    let mut udp_services = Vec::new();
     for listener in &snapshot.routes.data.listeners {
         let addr = std::net::SocketAddr::new(args.listen_host, listener.port).to_string();
         match listener.protocol {
@@ -179,16 +181,19 @@ fn run(args: Args) -> Result<()> {
                 proxy.add_tls_with_settings(&addr, None, tls);
             }
             PortProtocol::Udp => {
-                tracing::warn!(
-                    port = listener.port,
-                    "UDPRoute forwarding is not implemented yet"
-                );
+                udp_services.push(pingora::services::background::background_service(
+                    &format!("pier-proxy udp :{}", listener.port),
+                    UdpForwarder { listen: std::net::SocketAddr::new(args.listen_host, listener.port), shared: shared.clone() },
+                ));
                 continue;
             }
         }
         tracing::info!(%addr, protocol = ?listener.protocol, "listening");
     }
     for service in l4_services {
+        server.add_service(service);
+    }
+    for service in udp_services {
         server.add_service(service);
     }
     server.add_service(proxy);

@@ -22,6 +22,8 @@ pub struct Routing {
     pub passthrough: HashMap<u16, HostMap<L4Route>>,
     /// Per TCP port: the route.
     pub tcp: HashMap<u16, L4Route>,
+    /// Per UDP port: the route.
+    pub udp: HashMap<u16, L4Route>,
 }
 
 /// Why a snapshot was not installed.
@@ -47,7 +49,14 @@ impl Routing {
         let mut sni = HashMap::new();
         let mut passthrough = HashMap::new();
         let mut tcp = HashMap::new();
+        let mut udp = HashMap::new();
         for listener in &snapshot.routes.data.listeners {
+            if listener.protocol == PortProtocol::Udp {
+                if let Some(route) = &listener.l4 {
+                    udp.insert(listener.port, route.clone());
+                }
+                continue;
+            }
             if listener.protocol == PortProtocol::Tcp {
                 if let Some(route) = &listener.l4 {
                     tcp.insert(listener.port, route.clone());
@@ -87,6 +96,7 @@ impl Routing {
             sni,
             passthrough,
             tcp,
+            udp,
         })
     }
 }

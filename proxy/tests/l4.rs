@@ -102,3 +102,42 @@ fn tcp_routes_and_tls_passthrough_forward_bytes_untouched() {
     assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
     assert!(tls_rx.try_recv().is_err());
 }
+
+#[test]
+fn udp_routes_forward_datagrams_and_replies() {
+    let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend_port = backend.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = backend.recv_from(&mut buf) {
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = backend.send_to(&reply, from);
+        }
+    });
+    let udp_listen = free_port();
+    let manifests = format!(
+        "{GATEWAY_CLASS}{}apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: pier\n  listeners:\n\
+         \x20 - {{name: dns, protocol: UDP, port: {udp_listen}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: UDPRoute\nmetadata: {{name: dns, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: dns, port: 80}}]}}]\n",
+        service("dns", backend_port, None).replace("protocol: TCP", "protocol: UDP").replace("- name: http\n    port: 80", "- name: http\n    port: 80\n    protocol: UDP"),
+    );
+    let _proxy = Proxy::start(&manifests, &[], &[]);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut buf = [0u8; 2048];
+    // The UDP socket has no handshake to wait for: retry until the proxy answers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let n = loop {
+        client.send_to(b"query-1", ("127.0.0.1", udp_listen)).unwrap();
+        if let Ok((n, _)) = client.recv_from(&mut buf) {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "no UDP answer through the proxy");
+    };
+    assert_eq!(&buf[..n], b"echo:query-1");
+    client.send_to(b"query-2", ("127.0.0.1", udp_listen)).unwrap();
+    let (n, from) = client.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"echo:query-2");
+    assert_eq!(from.port(), udp_listen, "replies come from the address the client sent to");
+}
