@@ -30,8 +30,19 @@ impl ProxyHttp for Floor {
 fn main() {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:18080".into());
-    let upstream = args.next().unwrap_or_else(|| "127.0.0.1:19000".into()).parse().expect("upstream address");
-    let conf = ServerConf { threads: 1, work_stealing: false, grace_period_seconds: Some(0), graceful_shutdown_timeout_seconds: Some(1), upstream_keepalive_pool_size: 1024, ..Default::default() };
+    let upstream = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:19000".into())
+        .parse()
+        .expect("upstream address");
+    let conf = ServerConf {
+        threads: 1,
+        work_stealing: false,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upstream_keepalive_pool_size: 1024,
+        ..Default::default()
+    };
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Floor { upstream });

@@ -183,7 +183,10 @@ fn run(args: Args) -> Result<()> {
             PortProtocol::Udp => {
                 udp_services.push(pingora::services::background::background_service(
                     &format!("pier-proxy udp :{}", listener.port),
-                    UdpForwarder { listen: std::net::SocketAddr::new(args.listen_host, listener.port), shared: shared.clone() },
+                    UdpForwarder {
+                        listen: std::net::SocketAddr::new(args.listen_host, listener.port),
+                        shared: shared.clone(),
+                    },
                 ));
                 continue;
             }

@@ -30,10 +30,16 @@ impl UdpForwarder {
         let routing = self.shared.routing.load_full()?;
         let route = routing.udp.get(&self.listen.port())?;
         let i = pick_weighted(&route.backends)?;
-        let BackendRef::Service(key) = &route.backends[i].backend else { return None };
+        let BackendRef::Service(key) = &route.backends[i].backend else {
+            return None;
+        };
         let set = routing.snapshot.backends.data.get(key)?;
         let (addr, _slot) = self.shared.balancer.pick(set, &[])?;
-        let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let bind: SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
         let socket = UdpSocket::bind(bind).await.ok()?;
         socket.connect(addr).await.ok()?;
         Some(Arc::new(socket))
@@ -64,7 +70,11 @@ impl BackgroundService for UdpForwarder {
                 },
                 _ = shutdown.changed() => return,
             };
-            let existing = flows.lock().unwrap_or_else(|e| e.into_inner()).get(&client).cloned();
+            let existing = flows
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&client)
+                .cloned();
             let flow = match existing {
                 Some(f) => f,
                 None => {
@@ -72,7 +82,10 @@ impl BackgroundService for UdpForwarder {
                         tracing::debug!(%client, port = self.listen.port(), "no UDP route or endpoint; datagram dropped");
                         continue;
                     };
-                    flows.lock().unwrap_or_else(|e| e.into_inner()).insert(client, f.clone());
+                    flows
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(client, f.clone());
                     spawn_replies(listener.clone(), f.clone(), client, flows.clone());
                     f
                 }
@@ -89,6 +102,9 @@ fn spawn_replies(listener: Arc<UdpSocket>, flow: Arc<UdpSocket>, client: SocketA
         while let Ok(Ok(n)) = tokio::time::timeout(FLOW_IDLE, flow.recv(&mut buf)).await {
             let _ = listener.send_to(&buf[..n], client).await;
         }
-        flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&client);
+        flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&client);
     });
 }

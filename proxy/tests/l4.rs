@@ -124,20 +124,33 @@ fn udp_routes_forward_datagrams_and_replies() {
     );
     let _proxy = Proxy::start(&manifests, &[], &[]);
     let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut buf = [0u8; 2048];
     // The UDP socket has no handshake to wait for: retry until the proxy answers.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let n = loop {
-        client.send_to(b"query-1", ("127.0.0.1", udp_listen)).unwrap();
+        client
+            .send_to(b"query-1", ("127.0.0.1", udp_listen))
+            .unwrap();
         if let Ok((n, _)) = client.recv_from(&mut buf) {
             break n;
         }
-        assert!(std::time::Instant::now() < deadline, "no UDP answer through the proxy");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no UDP answer through the proxy"
+        );
     };
     assert_eq!(&buf[..n], b"echo:query-1");
-    client.send_to(b"query-2", ("127.0.0.1", udp_listen)).unwrap();
+    client
+        .send_to(b"query-2", ("127.0.0.1", udp_listen))
+        .unwrap();
     let (n, from) = client.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"echo:query-2");
-    assert_eq!(from.port(), udp_listen, "replies come from the address the client sent to");
+    assert_eq!(
+        from.port(),
+        udp_listen,
+        "replies come from the address the client sent to"
+    );
 }
