@@ -34,6 +34,8 @@ impl Drop for InFlight {
 pub struct Balancer {
     epoch: Instant,
     stats: RwLock<HashMap<SocketAddr, Arc<EndpointStats>>>,
+    /// Round-robin cursors per backend set key.
+    cursors: RwLock<HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl Default for Balancer {
@@ -41,8 +43,38 @@ impl Default for Balancer {
         Balancer {
             epoch: Instant::now(),
             stats: RwLock::new(HashMap::new()),
+            cursors: RwLock::new(HashMap::new()),
         }
     }
+}
+
+/// How to choose among the candidates of one request.
+pub enum Choice<'a> {
+    LeastRequest,
+    /// Round robin over the set named by this key.
+    RoundRobin(&'a str),
+    /// Rendezvous hashing on this request key.
+    Hash(u64),
+}
+
+/// A stable 64-bit mix (splitmix64) of a key and an endpoint.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A stable hash of bytes (FNV-1a): the same in every process, unlike `DefaultHasher`,
+/// so every proxy replica maps a key to the same endpoint.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn endpoint_hash(addr: &SocketAddr) -> u64 {
+    stable_hash(addr.to_string().as_bytes())
 }
 
 thread_local! {
@@ -113,6 +145,32 @@ impl Balancer {
     /// first, terminating ones only when none is ready; ejected endpoints
     /// only when every candidate is ejected.
     pub fn pick(&self, set: &BackendSet, exclude: &[SocketAddr]) -> Option<(SocketAddr, InFlight)> {
+        self.pick_with(set, exclude, Choice::LeastRequest)
+    }
+
+    fn cursor(&self, key: &str) -> Arc<AtomicU64> {
+        if let Some(c) = self
+            .cursors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            return c.clone();
+        }
+        self.cursors
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn pick_with(
+        &self,
+        set: &BackendSet,
+        exclude: &[SocketAddr],
+        choice: Choice<'_>,
+    ) -> Option<(SocketAddr, InFlight)> {
         let candidates: Vec<SocketAddr> = set
             .usable(|e| !exclude.contains(&SocketAddr::new(e.address, e.port)))
             .into_iter()
@@ -133,19 +191,29 @@ impl Balancer {
         } else {
             healthy
         };
-        let chosen = if pool.len() == 1 {
-            pool[0]
-        } else {
-            let a = random(pool.len() as u64) as usize;
-            let mut b = random(pool.len() as u64 - 1) as usize;
-            if b >= a {
-                b += 1;
+        let chosen = match choice {
+            _ if pool.len() == 1 => pool[0],
+            Choice::RoundRobin(key) => {
+                pool[(self.cursor(key).fetch_add(1, Ordering::Relaxed) % pool.len() as u64)
+                    as usize]
             }
-            let load = |i: usize| pool[i].1.in_flight.load(Ordering::Relaxed);
-            if load(b) < load(a) {
-                pool[b]
-            } else {
-                pool[a]
+            Choice::Hash(h) => pool
+                .iter()
+                .copied()
+                .max_by_key(|(addr, _)| mix(h ^ endpoint_hash(addr)))
+                .expect("pool is not empty"),
+            Choice::LeastRequest => {
+                let a = random(pool.len() as u64) as usize;
+                let mut b = random(pool.len() as u64 - 1) as usize;
+                if b >= a {
+                    b += 1;
+                }
+                let load = |i: usize| pool[i].1.in_flight.load(Ordering::Relaxed);
+                if load(b) < load(a) {
+                    pool[b]
+                } else {
+                    pool[a]
+                }
             }
         };
         chosen.1.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +283,46 @@ mod tests {
         b.connect_failed("10.0.0.2:80".parse().unwrap());
         assert!(b.pick(&s, &[]).is_some(), "all ejected: still try one");
         assert!(b.pick(&s, &[bad, "10.0.0.2:80".parse().unwrap()]).is_none());
+    }
+
+    #[test]
+    fn round_robin_cycles_and_hashing_is_sticky_and_moves_little() {
+        let b = Balancer::default();
+        let s = set(4);
+        let seq: Vec<SocketAddr> = (0..8)
+            .map(|_| b.pick_with(&s, &[], Choice::RoundRobin("k")).unwrap().0)
+            .collect();
+        assert_eq!(seq[..4], seq[4..], "round robin repeats with period 4");
+        let distinct: std::collections::HashSet<_> = seq.iter().collect();
+        assert_eq!(distinct.len(), 4);
+        // Same key, same endpoint; removing one endpoint moves only its keys.
+        let before: Vec<SocketAddr> = (0..1000u64)
+            .map(|k| {
+                b.pick_with(&s, &[], Choice::Hash(stable_hash(&k.to_le_bytes())))
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        let again: Vec<SocketAddr> = (0..1000u64)
+            .map(|k| {
+                b.pick_with(&s, &[], Choice::Hash(stable_hash(&k.to_le_bytes())))
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        assert_eq!(before, again);
+        let gone: SocketAddr = "10.0.0.3:80".parse().unwrap();
+        let after: Vec<SocketAddr> = (0..1000u64)
+            .map(|k| {
+                b.pick_with(&s, &[gone], Choice::Hash(stable_hash(&k.to_le_bytes())))
+                    .unwrap()
+                    .0
+            })
+            .collect();
+        let moved = before.iter().zip(&after).filter(|(x, y)| x != y).count();
+        let owned = before.iter().filter(|x| **x == gone).count();
+        assert_eq!(moved, owned, "only the removed endpoint's keys move");
+        assert!((150..350).contains(&owned), "keys spread evenly: {owned}");
     }
 
     #[test]

@@ -3,15 +3,15 @@
 //! (404 no route, 421 misdirected, 500 unresolved backend, 503 no endpoint,
 //! 502 connect failure, 504 timeout).
 
-use crate::balancer::{pick_weighted, InFlight};
+use crate::balancer::{pick_weighted, stable_hash, Choice, InFlight};
 use crate::routing::{Routing, Shared};
 use crate::tls::ServerName;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pier_route_table::{HeaderLookup, RequestInfo, Selection};
 use pier_snapshot::{
-    AppProtocol, BackendRef, CorsPolicy, HeaderEdits, HttpFilter, HttpFilterRef, HttpRouteEntry,
-    PathMatch, PathRewrite, Redirect, RouteAction,
+    AppProtocol, BackendRef, CorsPolicy, HashOn, HeaderEdits, HttpFilter, HttpFilterRef,
+    HttpRouteEntry, LoadBalancing, PathMatch, PathRewrite, Redirect, RouteAction,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -292,17 +292,45 @@ impl PierProxy {
     }
 
     /// Picks an endpoint for the chosen backend, avoiding endpoints already tried.
-    fn choose_endpoint(&self, ctx: &mut RequestCtx) -> Option<SocketAddr> {
-        let routing = ctx.routing.as_ref()?;
-        let set = routing
-            .snapshot
-            .backends
-            .data
-            .get(ctx.backend_key.as_ref()?)?;
-        let (addr, guard) = self.shared.balancer.pick(set, &ctx.tried)?;
+    fn choose_endpoint(&self, session: &Session, ctx: &mut RequestCtx) -> Option<SocketAddr> {
+        let routing = ctx.routing.clone()?;
+        let key = ctx.backend_key.as_ref()?;
+        let set = routing.snapshot.backends.data.get(key)?;
+        let choice = match &set.load_balancing {
+            LoadBalancing::LeastRequest => Choice::LeastRequest,
+            LoadBalancing::RoundRobin => Choice::RoundRobin(key),
+            // A request without the hash key falls back to least-request.
+            LoadBalancing::ConsistentHash(on) => {
+                hash_key(session, on).map_or(Choice::LeastRequest, Choice::Hash)
+            }
+        };
+        let (addr, guard) = self.shared.balancer.pick_with(set, &ctx.tried, choice)?;
         ctx.tried.push(addr);
         ctx.in_flight = Some(guard);
         Some(addr)
+    }
+}
+
+/// The consistent-hash key of a request, if it has one.
+fn hash_key(session: &Session, on: &HashOn) -> Option<u64> {
+    let headers = &session.req_header().headers;
+    match on {
+        HashOn::Header(name) => headers
+            .get(name.as_str())
+            .map(|v| stable_hash(v.as_bytes())),
+        HashOn::Cookie(name) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| stable_hash(v.as_bytes()))
+            }),
+        HashOn::SourceIp => session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| stable_hash(a.ip().to_string().as_bytes())),
     }
 }
 
@@ -538,7 +566,7 @@ impl ProxyHttp for PierProxy {
                 .ok_or_else(|| {
                     Error::explain(ErrorType::ConnectNoRoute, format!("cannot resolve {name}"))
                 })?,
-            None => match self.choose_endpoint(ctx) {
+            None => match self.choose_endpoint(_session, ctx) {
                 Some(addr) => addr,
                 // Retrying after a failed connect with nowhere else to go: the
                 // answer is about the failed connect (502), not 503.

@@ -302,3 +302,72 @@ async fn grpc_routes_match_service_and_method_and_reach_backends_over_http2() {
     );
     assert_eq!(call("/other.Svc/SayHello", None).await.status(), 404);
 }
+
+fn pool_service(name: &str, annotations: &str, ports: &[u16]) -> String {
+    let mut out = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default, annotations: {{{annotations}}}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n");
+    for (i, port) in ports.iter().enumerate() {
+        out.push_str(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-{i}, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n"
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_robin_and_consistent_hash_follow_the_service_annotations() {
+    let echoes = [echo("e0"), echo("e1"), echo("e2")];
+    let ports: Vec<u16> = echoes.iter().map(|e| e.port).collect();
+    let port = free_port();
+    let manifests = format!(
+        "{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n\
+         \x20 - matches: [{{path: {{type: PathPrefix, value: /rr}}}}]\n    backendRefs: [{{name: rr, port: 80}}]\n\
+         \x20 - matches: [{{path: {{type: PathPrefix, value: /sticky}}}}]\n    backendRefs: [{{name: sticky, port: 80}}]\n",
+        http_gateway(port),
+        pool_service("rr", "pier.dev/load-balancing: round-robin", &ports),
+        pool_service("sticky", "pier.dev/load-balancing: consistent-hash, pier.dev/hash-on: 'header:x-user'", &ports),
+    );
+    let _proxy = Proxy::start(&manifests, &[port], &[]);
+    let c = client();
+    let server_of = |path: &'static str, user: Option<String>| {
+        let c = c.clone();
+        async move {
+            let mut req = c
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .header("host", "lb.test");
+            if let Some(u) = user {
+                req = req.header("x-user", u);
+            }
+            echoed(&req.send().await.unwrap().text().await.unwrap())["server"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let mut seq = Vec::new();
+    for _ in 0..6 {
+        seq.push(server_of("/rr", None).await);
+    }
+    assert_eq!(seq[..3], seq[3..], "round robin: {seq:?}");
+    assert_eq!(
+        seq[..3]
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3,
+        "{seq:?}"
+    );
+
+    let mut used = std::collections::HashSet::new();
+    for user in 0..20 {
+        let first = server_of("/sticky", Some(format!("user-{user}"))).await;
+        for _ in 0..3 {
+            assert_eq!(
+                server_of("/sticky", Some(format!("user-{user}"))).await,
+                first,
+                "user-{user} moved"
+            );
+        }
+        used.insert(first);
+    }
+    assert!(used.len() >= 2, "keys spread over endpoints: {used:?}");
+}

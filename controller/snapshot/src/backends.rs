@@ -12,6 +12,27 @@ pub struct BackendSet {
     pub port: u16,
     /// Sorted by address then port; duplicates across EndpointSlices removed.
     pub endpoints: Vec<Endpoint>,
+    /// How the proxy picks among the usable endpoints.
+    pub load_balancing: LoadBalancing,
+}
+
+/// Endpoint choice for L7 traffic (Service annotation `pier.dev/load-balancing`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LoadBalancing {
+    /// Power of two random choices, fewest requests in flight.
+    #[default]
+    LeastRequest,
+    RoundRobin,
+    /// Same key → same endpoint while it stays usable (rendezvous hashing:
+    /// when an endpoint leaves, only its keys move).
+    ConsistentHash(HashOn),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    SourceIp,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -5,7 +5,10 @@ use crate::status::{ObjectRef, Warning};
 use crate::Translation;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use pier_snapshot::{AppProtocol, BackendSet, Endpoint, L4Protocol, L4Service, SessionAffinity};
+use pier_snapshot::{
+    AppProtocol, BackendSet, Endpoint, HashOn, L4Protocol, L4Service, LoadBalancing,
+    SessionAffinity,
+};
 use std::net::IpAddr;
 
 /// Default sessionAffinity ClientIP timeout (Kubernetes: 3 hours).
@@ -157,6 +160,54 @@ pub fn endpoints_for_service(
     endpoints
 }
 
+/// Annotation choosing the L7 load-balancing policy of a Service.
+pub const LOAD_BALANCING_ANNOTATION: &str = "pier.dev/load-balancing";
+/// For `consistent-hash`: `header:<name>`, `cookie:<name>` or `source-ip`.
+pub const HASH_ON_ANNOTATION: &str = "pier.dev/hash-on";
+
+fn load_balancing_of(service: &Service, warnings: &mut Vec<Warning>) -> LoadBalancing {
+    let annotations = service.metadata.annotations.as_ref();
+    let get = |k: &str| {
+        annotations
+            .and_then(|a| a.get(k))
+            .map(|v| v.trim().to_string())
+    };
+    let mut warn = |message: String| {
+        warnings.push(Warning {
+            object: service_ref(service),
+            message,
+        })
+    };
+    match get(LOAD_BALANCING_ANNOTATION).as_deref() {
+        None | Some("least-request") => LoadBalancing::LeastRequest,
+        Some("round-robin") => LoadBalancing::RoundRobin,
+        Some("consistent-hash") => {
+            let on = get(HASH_ON_ANNOTATION).unwrap_or_default();
+            let hash_on = match on.split_once(':') {
+                Some(("header", name)) if !name.is_empty() => {
+                    Some(HashOn::Header(name.to_ascii_lowercase()))
+                }
+                Some(("cookie", name)) if !name.is_empty() => {
+                    Some(HashOn::Cookie(name.to_string()))
+                }
+                None if on == "source-ip" => Some(HashOn::SourceIp),
+                _ => None,
+            };
+            match hash_on {
+                Some(h) => LoadBalancing::ConsistentHash(h),
+                None => {
+                    warn(format!("{HASH_ON_ANNOTATION} {on:?} is not header:<name>, cookie:<name> or source-ip; using least-request"));
+                    LoadBalancing::LeastRequest
+                }
+            }
+        }
+        Some(other) => {
+            warn(format!("{LOAD_BALANCING_ANNOTATION} {other:?} is not least-request, round-robin or consistent-hash; using least-request"));
+            LoadBalancing::LeastRequest
+        }
+    }
+}
+
 /// The backend sets of one Service: one per port, keyed by [`backend_key`].
 /// This is also the whole work of an endpoint-only update.
 pub fn translate_service_backends(
@@ -172,6 +223,7 @@ pub fn translate_service_backends(
     let external_name = (spec.type_.as_deref() == Some("ExternalName"))
         .then(|| spec.external_name.clone())
         .flatten();
+    let load_balancing = load_balancing_of(service, warnings);
     let mut out = Vec::new();
     for port in spec.ports.iter().flatten() {
         let Ok(number) = u16::try_from(port.port) else {
@@ -192,6 +244,7 @@ pub fn translate_service_backends(
                 external_name: external_name.clone(),
                 port: number,
                 endpoints,
+                load_balancing: load_balancing.clone(),
             },
         ));
     }
