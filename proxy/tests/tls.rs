@@ -124,3 +124,33 @@ async fn certificates_follow_sni_and_misdirected_hosts_get_421() {
         "key material is never logged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_backends_are_reached_over_tls() {
+    // The HTTPS backend is a second pier-proxy terminating TLS in front of an echo.
+    let cert = rcgen::generate_simple_self_signed(vec!["backend.test".to_string()]).unwrap();
+    let upstream = echo("behind-tls");
+    let tls_port = free_port();
+    let backend_manifests = format!(
+        "{GATEWAY_CLASS}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: pier\n  listeners:\n  - {{name: https, protocol: HTTPS, port: {tls_port}, tls: {{certificateRefs: [{{name: c}}]}}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: echo, port: 80}}]\n",
+        tls_secret("c", &cert.cert.pem(), &cert.signing_key.serialize_pem()),
+        service("echo", upstream.port, None),
+    );
+    let _backend = Proxy::start(&backend_manifests, &[tls_port], &[]);
+    let front_port = free_port();
+    let front_manifests = format!(
+        "{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: secure, port: 80}}]\n",
+        http_gateway(front_port),
+        service("secure", tls_port, Some("https")),
+    );
+    let _front = Proxy::start(&front_manifests, &[front_port], &[]);
+    let resp = reqwest::Client::new().get(format!("http://127.0.0.1:{front_port}/through")).header("host", "backend.test").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = echoed(&resp.text().await.unwrap());
+    assert_eq!(seen["server"], "behind-tls");
+    assert_eq!(seen["path"], "/through");
+    // The TLS-terminating hop saw HTTPS from the front proxy.
+    let protos: Vec<&str> = seen["headers"].as_array().unwrap().iter().filter(|h| h[0] == "x-forwarded-proto").map(|h| h[1].as_str().unwrap()).collect();
+    assert_eq!(protos, vec!["https"], "{seen}");
+}
