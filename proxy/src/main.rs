@@ -193,6 +193,15 @@ fn run(args: Args) -> Result<()> {
         }
         tracing::info!(%addr, protocol = ?listener.protocol, "listening");
     }
+    let _ = shared.bound_ports.set(
+        snapshot
+            .routes
+            .data
+            .listeners
+            .iter()
+            .map(|l| (l.port, l.protocol))
+            .collect(),
+    );
     for service in l4_services {
         server.add_service(service);
     }

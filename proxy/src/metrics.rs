@@ -15,6 +15,7 @@ pub struct Metrics {
     pub rejected: IntCounter,
     pub routes_version: IntGauge,
     pub backends_version: IntGauge,
+    pub pending_listeners: IntGauge,
 }
 
 impl Metrics {
@@ -62,6 +63,11 @@ impl Metrics {
             "Version of the routes part in use",
         )
         .expect("metric");
+        let pending_listeners = IntGauge::new(
+            "pier_proxy_listeners_pending_restart",
+            "Listener ports in the snapshot that this process does not serve until restarted",
+        )
+        .expect("metric");
         let backends_version = IntGauge::new(
             "pier_proxy_snapshot_backends_version",
             "Version of the backends part in use",
@@ -76,6 +82,7 @@ impl Metrics {
             Box::new(rejected.clone()),
             Box::new(routes_version.clone()),
             Box::new(backends_version.clone()),
+            Box::new(pending_listeners.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -89,6 +96,7 @@ impl Metrics {
             rejected,
             routes_version,
             backends_version,
+            pending_listeners,
         }
     }
 

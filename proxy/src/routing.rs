@@ -117,6 +117,9 @@ pub struct Shared {
     pub routing: ArcSwapOption<Routing>,
     pub balancer: Balancer,
     pub metrics: Metrics,
+    /// Ports this process listens on (set once at start); listeners a later
+    /// snapshot adds on other ports need a restart, and are reported.
+    pub bound_ports: std::sync::OnceLock<Vec<(u16, PortProtocol)>>,
 }
 
 impl Default for Shared {
@@ -125,6 +128,7 @@ impl Default for Shared {
             routing: ArcSwapOption::empty(),
             balancer: Balancer::default(),
             metrics: Metrics::new(),
+            bound_ports: std::sync::OnceLock::new(),
         }
     }
 }
@@ -135,6 +139,21 @@ impl Shared {
         let versions = (snapshot.routes.version, snapshot.backends.version);
         match Routing::build(snapshot) {
             Ok(routing) => {
+                if let Some(bound) = self.bound_ports.get() {
+                    let pending: Vec<String> = routing
+                        .snapshot
+                        .routes
+                        .data
+                        .listeners
+                        .iter()
+                        .filter(|l| !bound.contains(&(l.port, l.protocol)))
+                        .map(|l| format!("{}/{:?}", l.port, l.protocol))
+                        .collect();
+                    self.metrics.pending_listeners.set(pending.len() as i64);
+                    if !pending.is_empty() {
+                        tracing::warn!(listeners = ?pending, "new listener ports need a restart of pier-proxy; routes on existing ports are live");
+                    }
+                }
                 self.routing.store(Some(Arc::new(routing)));
                 self.metrics.swaps.inc();
                 self.metrics.routes_version.set(versions.0 as i64);

@@ -140,3 +140,46 @@ async fn a_bad_manifest_keeps_the_last_good_snapshot_serving() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_listener_port_is_reported_as_pending_restart() {
+    let a = echo("a");
+    let port = free_port();
+    let proxy = Proxy::start(&manifests(port, a.port, a.port, 1), &[port], &[]);
+    assert_eq!(
+        proxy.metric("pier_proxy_listeners_pending_restart"),
+        Some(0.0)
+    );
+    let extra = free_port();
+    let with_new_port = manifests(port, a.port, a.port, 2).replace(
+        &format!("  - {{name: http, protocol: HTTP, port: {port}}}\n"),
+        &format!("  - {{name: http, protocol: HTTP, port: {port}}}\n  - {{name: more, protocol: HTTP, port: {extra}}}\n"),
+    );
+    assert_ne!(
+        with_new_port,
+        manifests(port, a.port, a.port, 2),
+        "the listener was added"
+    );
+    proxy.rewrite(&with_new_port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.metric("pier_proxy_listeners_pending_restart") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the new port was not reported:\n{}",
+            proxy.logs()
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(proxy.logs().contains("need a restart"));
+    // The existing port serves the new generation meanwhile.
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", "x.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&echoed(&resp.text().await.unwrap()), "x-generation"),
+        Some("2")
+    );
+}

@@ -145,12 +145,23 @@ async fn https_backends_are_reached_over_tls() {
         service("secure", tls_port, Some("https")),
     );
     let _front = Proxy::start(&front_manifests, &[front_port], &[]);
-    let resp = reqwest::Client::new().get(format!("http://127.0.0.1:{front_port}/through")).header("host", "backend.test").send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{front_port}/through"))
+        .header("host", "backend.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let seen = echoed(&resp.text().await.unwrap());
     assert_eq!(seen["server"], "behind-tls");
     assert_eq!(seen["path"], "/through");
     // The TLS-terminating hop saw HTTPS from the front proxy.
-    let protos: Vec<&str> = seen["headers"].as_array().unwrap().iter().filter(|h| h[0] == "x-forwarded-proto").map(|h| h[1].as_str().unwrap()).collect();
+    let protos: Vec<&str> = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "x-forwarded-proto")
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
     assert_eq!(protos, vec!["https"], "{seen}");
 }
