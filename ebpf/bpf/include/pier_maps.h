@@ -1,0 +1,74 @@
+/* The BPF map layouts of pier-agent, defined once here and mirrored in Rust
+ * (ebpf/src/maps.rs, with compile-time size checks). Names follow
+ * pier_<lb4|lb6|ct4|pol>_<noun>; maps are pinned under /sys/fs/bpf/pier/. */
+#ifndef PIER_MAPS_H
+#define PIER_MAPS_H
+
+#include <linux/types.h>
+
+#define PIER_PROTO_TCP 6
+#define PIER_PROTO_UDP 17
+#define PIER_PROTO_SCTP 132
+
+/* Where a virtual address is reachable: every service address is keyed by
+ * scope so a NodePort is never matched for cluster-internal traffic. */
+#define PIER_SCOPE_CLUSTER 0 /* ClusterIP, externalIP, LB IP */
+#define PIER_SCOPE_NODEPORT 1 /* any node address, the NodePort */
+
+/* Service flags. */
+#define PIER_SVC_AFFINITY (1 << 0)      /* sessionAffinity: ClientIP */
+#define PIER_SVC_LOCAL_EXTERNAL (1 << 1) /* externalTrafficPolicy: Local */
+#define PIER_SVC_LOCAL_INTERNAL (1 << 2) /* internalTrafficPolicy: Local */
+
+/* Key of pier_lb4_services: a virtual IPv4 address, port and protocol. */
+struct pier_lb4_key {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 scope;
+};
+
+/* Value of pier_lb4_services. Backends are slots 1..backend_count of the
+ * service in pier_lb4_slots (slot 0 is never used: it means "none"). */
+struct pier_lb4_service {
+	__u32 service_id;
+	__u16 backend_count;
+	__u16 flags;
+	__u32 affinity_timeout_s;
+	__u32 reserved;
+};
+
+/* Key of pier_lb4_slots. */
+struct pier_lb4_slot_key {
+	__u32 service_id;
+	__u32 slot;
+};
+
+/* Value of pier_lb4_backends, keyed by a backend id (__u32). */
+struct pier_lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 flags; /* PIER_BACKEND_* */
+};
+
+#define PIER_BACKEND_TERMINATING (1 << 0)
+#define PIER_BACKEND_LOCAL (1 << 1)
+
+/* Reverse translation for connected / unconnected UDP sockets: keyed by the
+ * socket cookie and the backend, gives the virtual address the application
+ * thinks it talks to (recvmsg4, getpeername4). */
+struct pier_lb4_revnat_key {
+	__u64 cookie;
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+struct pier_lb4_revnat {
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+#endif

@@ -1,0 +1,93 @@
+/* Socket-level load balancing (cgroup v2 hooks): a connect / sendmsg to a
+ * service address is rewritten to a backend before any packet exists, so
+ * ClusterIP traffic needs no per-packet NAT and no conntrack. */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "pier_maps.h"
+#include "lib/lb4.h"
+
+/* From <sys/socket.h>, which a BPF target cannot include. */
+#define SOCK_DGRAM 2
+
+#define SYS_REJECT 0
+#define SYS_PROCEED 1
+
+static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_DGRAM ? PIER_PROTO_UDP : PIER_PROTO_TCP;
+}
+
+/* Translate ctx's destination if it is a service address. */
+static __always_inline int translate4(struct bpf_sock_addr *ctx, int remember)
+{
+	struct pier_lb4_key key = {
+		.address = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+		.proto = sock_proto(ctx),
+		.scope = PIER_SCOPE_CLUSTER,
+	};
+	const struct pier_lb4_service *svc;
+	const struct pier_lb4_backend *backend;
+
+	svc = bpf_map_lookup_elem(&pier_lb4_services, &key);
+	if (!svc)
+		return SYS_PROCEED; /* not a service: leave it alone */
+	backend = pier_lb4_pick(svc);
+	if (!backend)
+		return SYS_REJECT; /* a service without endpoints refuses at once */
+	if (remember) {
+		struct pier_lb4_revnat_key rkey = {
+			.cookie = bpf_get_socket_cookie(ctx),
+			.address = backend->address,
+			.port = backend->port,
+		};
+		struct pier_lb4_revnat rval = {
+			.address = key.address,
+			.port = key.port,
+		};
+		bpf_map_update_elem(&pier_lb4_revnat, &rkey, &rval, BPF_ANY);
+	}
+	ctx->user_ip4 = backend->address;
+	ctx->user_port = backend->port;
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect4")
+int pier_sock_connect4(struct bpf_sock_addr *ctx)
+{
+	return translate4(ctx, ctx->type == SOCK_DGRAM);
+}
+
+SEC("cgroup/sendmsg4")
+int pier_sock_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return translate4(ctx, 1);
+}
+
+/* Replies from a backend appear to come from the service address. */
+SEC("cgroup/recvmsg4")
+int pier_sock_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct pier_lb4_revnat_key rkey = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.address = ctx->user_ip4,
+		.port = (__be16)ctx->user_port,
+	};
+	struct pier_lb4_revnat *orig = bpf_map_lookup_elem(&pier_lb4_revnat, &rkey);
+
+	if (orig) {
+		ctx->user_ip4 = orig->address;
+		ctx->user_port = orig->port;
+	}
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername4")
+int pier_sock_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return pier_sock_recvmsg4(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,47 @@
+//! pier-agent: the eBPF kube-proxy replacement.
+//!
+//! This crate holds the pure parts: the Rust mirrors of the map layouts
+//! defined in `bpf/include/pier_maps.h` ([`maps`]), the translation of a
+//! snapshot into the content of those maps and the ordered operations that
+//! move the kernel from one content to the next ([`plan`]), and Maglev
+//! ([`maglev`]). The BPF objects built from `bpf/` are embedded below.
+
+pub mod maglev;
+pub mod maps;
+pub mod plan;
+
+/// The socket-LB object (cgroup connect4 / sendmsg4 / recvmsg4 / getpeername4).
+pub static SOCK_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sock.o"));
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_socket_lb_object_is_a_bpf_elf_with_all_hooks_and_maps() {
+        let obj = super::SOCK_OBJECT;
+        assert_eq!(&obj[..4], b"\x7fELF");
+        assert_eq!(
+            u16::from_le_bytes([obj[18], obj[19]]),
+            247,
+            "e_machine is EM_BPF"
+        );
+        let has = |s: &str| obj.windows(s.len()).any(|w| w == s.as_bytes());
+        for section in [
+            "cgroup/connect4",
+            "cgroup/sendmsg4",
+            "cgroup/recvmsg4",
+            "cgroup/getpeername4",
+            ".BTF",
+            "license",
+        ] {
+            assert!(has(section), "missing {section}");
+        }
+        for map in [
+            crate::maps::MAP_LB4_SERVICES,
+            crate::maps::MAP_LB4_SLOTS,
+            crate::maps::MAP_LB4_BACKENDS,
+            crate::maps::MAP_LB4_REVNAT,
+        ] {
+            assert!(has(map), "missing map {map}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `#[repr(C)]` mirrors of `bpf/include/pier_maps.h`. The sizes are checked at
+//! compile time: a layout change on one side that is not made on the other
+//! fails the build instead of corrupting maps.
+
+use std::mem::size_of;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+pub const SCOPE_CLUSTER: u8 = 0;
+pub const SCOPE_NODEPORT: u8 = 1;
+
+pub const SVC_AFFINITY: u16 = 1 << 0;
+pub const SVC_LOCAL_EXTERNAL: u16 = 1 << 1;
+pub const SVC_LOCAL_INTERNAL: u16 = 1 << 2;
+
+pub const BACKEND_TERMINATING: u8 = 1 << 0;
+pub const BACKEND_LOCAL: u8 = 1 << 1;
+
+/// `struct pier_lb4_key`. Address and port in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4Key {
+    pub address: [u8; 4],
+    pub port_be: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+/// `struct pier_lb4_service`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lb4Service {
+    pub service_id: u32,
+    pub backend_count: u16,
+    pub flags: u16,
+    pub affinity_timeout_s: u32,
+    pub reserved: u32,
+}
+
+/// `struct pier_lb4_slot_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4SlotKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+/// `struct pier_lb4_backend`, keyed by a backend id (`u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4Backend {
+    pub address: [u8; 4],
+    pub port_be: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// `struct pier_lb4_revnat_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lb4RevNatKey {
+    pub cookie: u64,
+    pub address: [u8; 4],
+    pub port_be: u16,
+    pub pad: u16,
+}
+
+/// `struct pier_lb4_revnat`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lb4RevNat {
+    pub address: [u8; 4],
+    pub port_be: u16,
+    pub pad: u16,
+}
+
+const _: () = assert!(size_of::<Lb4Key>() == 8);
+const _: () = assert!(size_of::<Lb4Service>() == 16);
+const _: () = assert!(size_of::<Lb4SlotKey>() == 8);
+const _: () = assert!(size_of::<Lb4Backend>() == 8);
+const _: () = assert!(size_of::<Lb4RevNatKey>() == 16);
+const _: () = assert!(size_of::<Lb4RevNat>() == 8);
+
+/// Map names, as pinned under `/sys/fs/bpf/pier/`.
+pub const MAP_LB4_SERVICES: &str = "pier_lb4_services";
+pub const MAP_LB4_SLOTS: &str = "pier_lb4_slots";
+pub const MAP_LB4_BACKENDS: &str = "pier_lb4_backends";
+pub const MAP_LB4_REVNAT: &str = "pier_lb4_revnat";

@@ -1,0 +1,331 @@
+//! Snapshot → map content ([`plan`]) and map content → ordered operations
+//! ([`diff`]). The order guarantees a service never points at a slot or a
+//! backend that is not written yet, so connects keep working during updates.
+
+use crate::maps::*;
+use pier_snapshot::{BackendSet, Endpoint, L4Protocol, L4Service, Snapshot};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Facts about the node the agent runs on.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub zone: Option<String>,
+    /// Node addresses NodePorts are served on from this node's sockets.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// The content of the lb4 maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapState {
+    pub services: BTreeMap<Lb4Key, Lb4Service>,
+    pub slots: BTreeMap<Lb4SlotKey, u32>,
+    pub backends: BTreeMap<u32, Lb4Backend>,
+}
+
+/// Identifiers that must stay stable across plans (and agent restarts, once
+/// read back from the pinned maps), so an update only touches what changed.
+#[derive(Clone, Debug, Default)]
+pub struct Ids {
+    services: BTreeMap<String, u32>,
+    backends: BTreeMap<Lb4Backend, u32>,
+    next_service: u32,
+    next_backend: u32,
+}
+
+impl Ids {
+    fn service(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.services.get(name) {
+            return *id;
+        }
+        self.next_service += 1;
+        self.services.insert(name.to_string(), self.next_service);
+        self.next_service
+    }
+
+    fn backend(&mut self, b: &Lb4Backend) -> u32 {
+        let key = Lb4Backend { flags: 0, ..*b };
+        if let Some(id) = self.backends.get(&key) {
+            return *id;
+        }
+        self.next_backend += 1;
+        self.backends.insert(key, self.next_backend);
+        self.next_backend
+    }
+}
+
+fn proto(p: L4Protocol) -> u8 {
+    match p {
+        L4Protocol::Tcp => PROTO_TCP,
+        L4Protocol::Udp => PROTO_UDP,
+        L4Protocol::Sctp => PROTO_SCTP,
+    }
+}
+
+fn v4(ip: &IpAddr) -> Option<[u8; 4]> {
+    match ip {
+        IpAddr::V4(a) => Some(a.octets()),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The endpoints one view of a service may use: node-local only when the
+/// traffic policy says Local; same zone first under PreferClose; ready first,
+/// terminating only as the fallback.
+fn endpoints<'a>(
+    set: &'a BackendSet,
+    node: &NodeInfo,
+    local_only: bool,
+    prefer_close: bool,
+) -> Vec<&'a Endpoint> {
+    let local = |e: &Endpoint| !local_only || e.node_name.as_deref() == Some(node.name.as_str());
+    if prefer_close && node.zone.is_some() {
+        let same_zone = set.usable(|e| local(e) && e.zone == node.zone);
+        if !same_zone.is_empty() {
+            return same_zone;
+        }
+    }
+    set.usable(local)
+}
+
+/// One view of a service: the addresses it answers on and the endpoints it uses.
+struct View<'a> {
+    name: String,
+    keys: Vec<Lb4Key>,
+    endpoints: Vec<&'a Endpoint>,
+    flags: u16,
+}
+
+/// Writes one view of a service with its slots; nothing when it has no IPv4
+/// address to be reached on.
+fn add_view(state: &mut MapState, ids: &mut Ids, svc: &L4Service, view: View<'_>, node: &NodeInfo) {
+    let View {
+        name,
+        keys,
+        endpoints: eps,
+        flags: local_flag,
+    } = view;
+    if keys.is_empty() {
+        return;
+    }
+    let service_id = ids.service(&name);
+    let mut backend_ids = Vec::new();
+    for e in eps {
+        let Some(address) = v4(&e.address) else {
+            continue;
+        };
+        let backend = Lb4Backend {
+            address,
+            port_be: e.port.to_be(),
+            proto: proto(svc.protocol),
+            flags: if e.terminating {
+                BACKEND_TERMINATING
+            } else {
+                0
+            } | if e.node_name.as_deref() == Some(node.name.as_str()) {
+                BACKEND_LOCAL
+            } else {
+                0
+            },
+        };
+        let id = ids.backend(&backend);
+        state.backends.insert(id, backend);
+        backend_ids.push(id);
+    }
+    backend_ids.sort_unstable();
+    backend_ids.dedup();
+    for (i, id) in backend_ids.iter().enumerate() {
+        state.slots.insert(
+            Lb4SlotKey {
+                service_id,
+                slot: i as u32 + 1,
+            },
+            *id,
+        );
+    }
+    let mut flags = local_flag;
+    if svc.session_affinity.is_some() {
+        flags |= SVC_AFFINITY;
+    }
+    let value = Lb4Service {
+        service_id,
+        backend_count: u16::try_from(backend_ids.len()).unwrap_or(u16::MAX),
+        flags,
+        affinity_timeout_s: svc.session_affinity.map_or(0, |a| a.timeout_seconds),
+        reserved: 0,
+    };
+    for key in &keys {
+        state.services.insert(*key, value);
+    }
+}
+
+/// The lb4 map content for `snapshot` on `node`.
+pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
+    let mut state = MapState::default();
+    for (name, svc) in &snapshot.services.data {
+        let Some(set) = snapshot.backends.data.get(&svc.backends) else {
+            continue;
+        };
+        let key = |address: [u8; 4], port: u16, scope: u8| Lb4Key {
+            address,
+            port_be: port.to_be(),
+            proto: proto(svc.protocol),
+            scope,
+        };
+        // Internal view: ClusterIPs, under internalTrafficPolicy.
+        let internal: Vec<Lb4Key> = svc
+            .cluster_ips
+            .iter()
+            .filter_map(v4)
+            .map(|a| key(a, svc.port, SCOPE_CLUSTER))
+            .collect();
+        let eps = endpoints(set, node, svc.internal_traffic_local, svc.prefer_close);
+        let flag = if svc.internal_traffic_local {
+            SVC_LOCAL_INTERNAL
+        } else {
+            0
+        };
+        let view = View {
+            name: format!("{name}#internal"),
+            keys: internal,
+            endpoints: eps,
+            flags: flag,
+        };
+        add_view(&mut state, ids, svc, view, node);
+        // External view: externalIPs, LoadBalancer IPs and NodePorts, under externalTrafficPolicy.
+        let mut external: Vec<Lb4Key> = svc
+            .external_ips
+            .iter()
+            .chain(&svc.load_balancer_ips)
+            .filter_map(v4)
+            .map(|a| key(a, svc.port, SCOPE_CLUSTER))
+            .collect();
+        if let Some(node_port) = svc.node_port {
+            external.push(key([0, 0, 0, 0], node_port, SCOPE_NODEPORT));
+            external.extend(
+                node.addresses
+                    .iter()
+                    .map(|a| key(a.octets(), node_port, SCOPE_NODEPORT)),
+            );
+        }
+        let eps = endpoints(set, node, svc.external_traffic_local, svc.prefer_close);
+        let flag = if svc.external_traffic_local {
+            SVC_LOCAL_EXTERNAL
+        } else {
+            0
+        };
+        let view = View {
+            name: format!("{name}#external"),
+            keys: external,
+            endpoints: eps,
+            flags: flag,
+        };
+        add_view(&mut state, ids, svc, view, node);
+    }
+    state
+}
+
+/// One map operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend(u32, Lb4Backend),
+    PutSlot(Lb4SlotKey, u32),
+    PutService(Lb4Key, Lb4Service),
+    DeleteService(Lb4Key),
+    DeleteSlot(Lb4SlotKey),
+    DeleteBackend(u32),
+}
+
+/// The operations that turn `old` into `new`, in a safe order: backends,
+/// then slots, then services are written; then services, slots and backends
+/// that are gone are deleted. At every step each service's slots
+/// 1..backend_count exist and point at backends that exist.
+pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    for (id, b) in &new.backends {
+        if old.backends.get(id) != Some(b) {
+            ops.push(MapOp::PutBackend(*id, *b));
+        }
+    }
+    for (k, v) in &new.slots {
+        if old.slots.get(k) != Some(v) {
+            ops.push(MapOp::PutSlot(*k, *v));
+        }
+    }
+    for (k, v) in &new.services {
+        if old.services.get(k) != Some(v) {
+            ops.push(MapOp::PutService(*k, *v));
+        }
+    }
+    ops.extend(
+        old.services
+            .keys()
+            .filter(|k| !new.services.contains_key(k))
+            .map(|k| MapOp::DeleteService(*k)),
+    );
+    ops.extend(
+        old.slots
+            .keys()
+            .filter(|k| !new.slots.contains_key(k))
+            .map(|k| MapOp::DeleteSlot(*k)),
+    );
+    ops.extend(
+        old.backends
+            .keys()
+            .filter(|k| !new.backends.contains_key(k))
+            .map(|k| MapOp::DeleteBackend(*k)),
+    );
+    ops
+}
+
+/// Applies one operation to an in-memory state (the tests' model of the kernel maps).
+pub fn apply(state: &mut MapState, op: &MapOp) {
+    match op {
+        MapOp::PutBackend(id, b) => {
+            state.backends.insert(*id, *b);
+        }
+        MapOp::PutSlot(k, v) => {
+            state.slots.insert(*k, *v);
+        }
+        MapOp::PutService(k, v) => {
+            state.services.insert(*k, *v);
+        }
+        MapOp::DeleteService(k) => {
+            state.services.remove(k);
+        }
+        MapOp::DeleteSlot(k) => {
+            state.slots.remove(k);
+        }
+        MapOp::DeleteBackend(id) => {
+            state.backends.remove(id);
+        }
+    }
+}
+
+/// Whether every service's slots and backends resolve (what the BPF side relies on).
+pub fn consistent(state: &MapState) -> Result<(), String> {
+    for (key, svc) in &state.services {
+        for slot in 1..=u32::from(svc.backend_count) {
+            let slot_key = Lb4SlotKey {
+                service_id: svc.service_id,
+                slot,
+            };
+            let Some(backend) = state.slots.get(&slot_key) else {
+                return Err(format!(
+                    "{key:?}: slot {slot} of {} missing",
+                    svc.backend_count
+                ));
+            };
+            if !state.backends.contains_key(backend) {
+                return Err(format!(
+                    "{key:?}: slot {slot} points at missing backend {backend}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+use super::*;
+use pier_snapshot::{BackendSet, Endpoint, L4Service, SessionAffinity};
+
+fn ep(last: u8, node: &str, zone: &str, ready: bool, terminating: bool) -> Endpoint {
+    Endpoint {
+        address: IpAddr::from([10, 244, 0, last]),
+        port: 8080,
+        ready,
+        serving: ready || terminating,
+        terminating,
+        zone: Some(zone.into()),
+        node_name: Some(node.into()),
+    }
+}
+
+fn service(name: &str, vip: [u8; 4]) -> L4Service {
+    L4Service {
+        namespace: "default".into(),
+        name: name.into(),
+        port_name: "http".into(),
+        protocol: pier_snapshot::L4Protocol::Tcp,
+        port: 80,
+        cluster_ips: vec![IpAddr::from(vip), "fd00::1".parse().unwrap()],
+        node_port: None,
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        session_affinity: None,
+        external_traffic_local: false,
+        internal_traffic_local: false,
+        prefer_close: false,
+        health_check_node_port: None,
+        backends: format!("default/{name}:80"),
+    }
+}
+
+fn snapshot(services: Vec<(L4Service, Vec<Endpoint>)>) -> Snapshot {
+    let mut s = Snapshot::empty();
+    for (svc, eps) in services {
+        s.backends.data.insert(
+            svc.backends.clone(),
+            BackendSet {
+                port: 80,
+                endpoints: eps,
+                ..Default::default()
+            },
+        );
+        s.services
+            .data
+            .insert(format!("default/{}:80/TCP", svc.name), svc);
+    }
+    s
+}
+
+fn node() -> NodeInfo {
+    NodeInfo {
+        name: "node-a".into(),
+        zone: Some("z1".into()),
+        addresses: vec![Ipv4Addr::new(192, 168, 1, 10)],
+    }
+}
+
+fn backends_of(state: &MapState, key: &Lb4Key) -> Vec<[u8; 4]> {
+    let svc = state.services[key];
+    (1..=u32::from(svc.backend_count))
+        .map(|slot| {
+            state.backends[&state.slots[&Lb4SlotKey {
+                service_id: svc.service_id,
+                slot,
+            }]]
+                .address
+        })
+        .collect()
+}
+
+fn key(vip: [u8; 4], port: u16, scope: u8) -> Lb4Key {
+    Lb4Key {
+        address: vip,
+        port_be: port.to_be(),
+        proto: PROTO_TCP,
+        scope,
+    }
+}
+
+#[test]
+fn a_cluster_ip_gets_all_ready_endpoints_and_ipv6_is_left_out() {
+    let s = snapshot(vec![(
+        service("web", [10, 96, 0, 1]),
+        vec![
+            ep(1, "node-a", "z1", true, false),
+            ep(2, "node-b", "z2", true, false),
+            ep(3, "node-b", "z2", false, true),
+        ],
+    )]);
+    let state = plan(&s, &node(), &mut Ids::default());
+    assert_eq!(
+        state.services.len(),
+        1,
+        "one IPv4 VIP; the IPv6 ClusterIP is for the lb6 maps"
+    );
+    assert_eq!(
+        backends_of(&state, &key([10, 96, 0, 1], 80, SCOPE_CLUSTER)),
+        vec![[10, 244, 0, 1], [10, 244, 0, 2]]
+    );
+    consistent(&state).unwrap();
+}
+
+#[test]
+fn traffic_policies_zones_and_node_ports_shape_the_views() {
+    let mut svc = service("web", [10, 96, 0, 1]);
+    svc.node_port = Some(30080);
+    svc.external_ips = vec![IpAddr::from([203, 0, 113, 7])];
+    svc.external_traffic_local = true;
+    svc.prefer_close = true;
+    svc.session_affinity = Some(SessionAffinity {
+        timeout_seconds: 600,
+    });
+    let eps = vec![
+        ep(1, "node-a", "z1", true, false),
+        ep(2, "node-b", "z2", true, false),
+        ep(3, "node-c", "z1", true, false),
+    ];
+    let state = plan(&snapshot(vec![(svc, eps)]), &node(), &mut Ids::default());
+    // Internal view: PreferClose keeps the same zone (z1): endpoints 1 and 3.
+    assert_eq!(
+        backends_of(&state, &key([10, 96, 0, 1], 80, SCOPE_CLUSTER)),
+        vec![[10, 244, 0, 1], [10, 244, 0, 3]]
+    );
+    // External view: ETP Local keeps this node's endpoint only, on every external address.
+    for k in [
+        key([203, 0, 113, 7], 80, SCOPE_CLUSTER),
+        key([0, 0, 0, 0], 30080, SCOPE_NODEPORT),
+        key([192, 168, 1, 10], 30080, SCOPE_NODEPORT),
+    ] {
+        assert_eq!(backends_of(&state, &k), vec![[10, 244, 0, 1]], "{k:?}");
+        assert_ne!(state.services[&k].flags & SVC_LOCAL_EXTERNAL, 0);
+    }
+    let internal = state.services[&key([10, 96, 0, 1], 80, SCOPE_CLUSTER)];
+    assert_ne!(internal.flags & SVC_AFFINITY, 0);
+    assert_eq!(internal.affinity_timeout_s, 600);
+}
+
+#[test]
+fn terminating_endpoints_are_the_fallback_and_empty_services_have_no_slots() {
+    let s = snapshot(vec![
+        (
+            service("draining", [10, 96, 0, 2]),
+            vec![ep(5, "node-b", "z2", false, true)],
+        ),
+        (service("empty", [10, 96, 0, 3]), vec![]),
+    ]);
+    let state = plan(&s, &node(), &mut Ids::default());
+    assert_eq!(
+        backends_of(&state, &key([10, 96, 0, 2], 80, SCOPE_CLUSTER)),
+        vec![[10, 244, 0, 5]]
+    );
+    let b = state.backends.values().next().unwrap();
+    assert_ne!(b.flags & BACKEND_TERMINATING, 0);
+    assert_eq!(
+        state.services[&key([10, 96, 0, 3], 80, SCOPE_CLUSTER)].backend_count,
+        0,
+        "the connect is refused"
+    );
+}
+
+/// Applies every diff op by op and checks the maps are consistent after each one.
+fn walk(states: &[MapState]) {
+    let mut kernel = MapState::default();
+    for next in states {
+        for op in diff(&kernel, next) {
+            apply(&mut kernel, &op);
+            consistent(&kernel).unwrap_or_else(|e| panic!("after {op:?}: {e}"));
+        }
+        assert_eq!(&kernel, next);
+    }
+}
+
+#[test]
+fn updates_never_expose_a_missing_slot_or_backend() {
+    let mut ids = Ids::default();
+    let node = node();
+    let mut states = Vec::new();
+    // Grow, shrink, replace, remove and re-add endpoints and services.
+    let shapes: [&[u8]; 7] = [
+        &[1, 2, 3],
+        &[1, 2, 3, 4, 5],
+        &[2],
+        &[6, 7],
+        &[],
+        &[7, 8, 9],
+        &[1],
+    ];
+    for (round, shape) in shapes.iter().enumerate() {
+        let eps: Vec<Endpoint> = shape
+            .iter()
+            .map(|i| ep(*i, "node-b", "z2", true, false))
+            .collect();
+        let mut services = vec![(service("web", [10, 96, 0, 1]), eps.clone())];
+        if round % 2 == 0 {
+            services.push((service("api", [10, 96, 0, 9]), eps));
+        }
+        states.push(plan(&snapshot(services), &node, &mut ids));
+    }
+    walk(&states);
+}
+
+#[test]
+fn an_endpoint_change_touches_only_its_service() {
+    let mut ids = Ids::default();
+    let a = vec![ep(1, "n", "z", true, false)];
+    let before = plan(
+        &snapshot(vec![
+            (service("web", [10, 96, 0, 1]), a.clone()),
+            (
+                service("api", [10, 96, 0, 2]),
+                vec![ep(9, "n", "z", true, false)],
+            ),
+        ]),
+        &node(),
+        &mut ids,
+    );
+    let after = plan(
+        &snapshot(vec![
+            (service("web", [10, 96, 0, 1]), a),
+            (
+                service("api", [10, 96, 0, 2]),
+                vec![ep(9, "n", "z", true, false), ep(10, "n", "z", true, false)],
+            ),
+        ]),
+        &node(),
+        &mut ids,
+    );
+    let ops = diff(&before, &after);
+    assert_eq!(
+        ops.len(),
+        3,
+        "new backend, new slot, service count: {ops:?}"
+    );
+    let web_id = before.services[&key([10, 96, 0, 1], 80, SCOPE_CLUSTER)].service_id;
+    assert!(ops
+        .iter()
+        .all(|op| !matches!(op, MapOp::PutService(_, s) if s.service_id == web_id)));
+}
