@@ -149,10 +149,11 @@ impl Shared {
                         .filter(|l| !bound.contains(&(l.port, l.protocol)))
                         .map(|l| format!("{}/{:?}", l.port, l.protocol))
                         .collect();
-                    self.metrics.pending_listeners.set(pending.len() as i64);
                     if !pending.is_empty() {
                         tracing::warn!(listeners = ?pending, "new listener ports need a restart of pier-proxy; routes on existing ports are live");
                     }
+                    // After the log line, so whoever sees the metric also finds the reason.
+                    self.metrics.pending_listeners.set(pending.len() as i64);
                 }
                 self.routing.store(Some(Arc::new(routing)));
                 self.metrics.swaps.inc();

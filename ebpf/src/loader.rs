@@ -1,0 +1,120 @@
+//! Loading the socket-LB programs with aya, attaching them to a cgroup v2,
+//! and applying [`MapOp`]s to the pinned maps.
+
+use crate::maps::*;
+use crate::plan::MapOp;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::{Ebpf, EbpfLoader};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug)]
+pub struct AgentError(pub String);
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> AgentError + '_ {
+    move |e| AgentError(format!("{what}: {e}"))
+}
+
+// SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with no
+// padding (sizes checked in maps.rs): any bit pattern is a valid value.
+#[allow(unsafe_code)]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Lb4Key {}
+    unsafe impl aya::Pod for Lb4Service {}
+    unsafe impl aya::Pod for Lb4SlotKey {}
+    unsafe impl aya::Pod for Lb4Backend {}
+    unsafe impl aya::Pod for Lb4RevNatKey {}
+    unsafe impl aya::Pod for Lb4RevNat {}
+}
+
+const SOCK_PROGRAMS: [&str; 4] = [
+    "pier_sock_connect4",
+    "pier_sock_sendmsg4",
+    "pier_sock_recvmsg4",
+    "pier_sock_getpeername4",
+];
+
+/// The cgroup v2 mount point, from /proc/mounts (never hard-coded).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, path, kind) = (f.next()?, f.next()?, f.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(path))
+    })
+}
+
+/// The socket-LB programs attached to one cgroup, and their maps.
+pub struct SockLb {
+    // Dropping the object detaches the programs (links are not pinned yet).
+    _ebpf: Ebpf,
+    services: BpfHashMap<MapData, Lb4Key, Lb4Service>,
+    slots: BpfHashMap<MapData, Lb4SlotKey, u32>,
+    backends: BpfHashMap<MapData, u32, Lb4Backend>,
+}
+
+impl SockLb {
+    /// Loads the programs, pins their maps under `pin_dir` (reusing maps
+    /// already pinned there) and attaches the hooks to `cgroup`.
+    pub fn attach(pin_dir: &Path, cgroup: &Path) -> Result<SockLb, AgentError> {
+        std::fs::create_dir_all(pin_dir).map_err(|e| err("creating the pin directory")(&e))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(crate::SOCK_OBJECT)
+            .map_err(|e| err("loading sock.o")(&e))?;
+        let cgroup_fd = File::open(cgroup).map_err(|e| err("opening the cgroup")(&e))?;
+        for name in SOCK_PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| AgentError(format!("program {name} missing from sock.o")))?
+                .try_into()
+                .map_err(|e| err(name)(&e))?;
+            program.load().map_err(|e| err(name)(&e))?;
+            program
+                .attach(&cgroup_fd, CgroupAttachMode::Single)
+                .map_err(|e| err(name)(&e))?;
+        }
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| AgentError(format!("map {name} missing from sock.o")))
+        };
+        let services =
+            BpfHashMap::try_from(take(MAP_LB4_SERVICES)?).map_err(|e| err(MAP_LB4_SERVICES)(&e))?;
+        let slots =
+            BpfHashMap::try_from(take(MAP_LB4_SLOTS)?).map_err(|e| err(MAP_LB4_SLOTS)(&e))?;
+        let backends =
+            BpfHashMap::try_from(take(MAP_LB4_BACKENDS)?).map_err(|e| err(MAP_LB4_BACKENDS)(&e))?;
+        Ok(SockLb {
+            _ebpf: ebpf,
+            services,
+            slots,
+            backends,
+        })
+    }
+
+    /// Applies operations in the order given (use [`crate::plan::diff`]'s order).
+    pub fn apply(&mut self, ops: &[MapOp]) -> Result<(), AgentError> {
+        for op in ops {
+            let result = match op {
+                MapOp::PutBackend(id, b) => self.backends.insert(id, b, 0),
+                MapOp::PutSlot(k, v) => self.slots.insert(k, v, 0),
+                MapOp::PutService(k, v) => self.services.insert(k, v, 0),
+                MapOp::DeleteService(k) => self.services.remove(k),
+                MapOp::DeleteSlot(k) => self.slots.remove(k),
+                MapOp::DeleteBackend(id) => self.backends.remove(id),
+            };
+            result.map_err(|e| AgentError(format!("{op:?}: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,206 @@
+//! Socket-level load balancing in the real kernel: the hooks are attached to
+//! a child cgroup v2 made by the test (only the test's client process goes in
+//! it), maps are pinned in a test-only bpffs directory, and everything is
+//! removed afterwards, even when the test fails. Needs root; with CI=true it
+//! must run.
+
+use pier_agent::loader::{cgroup2_root, SockLb};
+use pier_agent::maps::*;
+use pier_agent::plan::MapOp;
+use std::io::Write;
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn privileged() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true: the BPF tests must run as root"
+        );
+        eprintln!("skipped: BPF tests need root");
+    }
+    root
+}
+
+/// Removes the test cgroup and the test's own bpffs mount on drop.
+struct Cleanup {
+    cgroup: PathBuf,
+    bpffs: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+        let _ = std::fs::remove_dir(&self.bpffs);
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+fn key(vip: [u8; 4], port: u16, proto: u8) -> Lb4Key {
+    Lb4Key {
+        address: vip,
+        port_be: port.to_be(),
+        proto,
+        scope: SCOPE_CLUSTER,
+    }
+}
+
+fn service_ops(id: u32, k: Lb4Key, backends: &[(u32, [u8; 4], u16)]) -> Vec<MapOp> {
+    let mut ops = Vec::new();
+    for (slot, (bid, addr, port)) in backends.iter().enumerate() {
+        ops.push(MapOp::PutBackend(
+            *bid,
+            Lb4Backend {
+                address: *addr,
+                port_be: port.to_be(),
+                proto: k.proto,
+                flags: 0,
+            },
+        ));
+        ops.push(MapOp::PutSlot(
+            Lb4SlotKey {
+                service_id: id,
+                slot: slot as u32 + 1,
+            },
+            *bid,
+        ));
+    }
+    ops.push(MapOp::PutService(
+        k,
+        Lb4Service {
+            service_id: id,
+            backend_count: backends.len() as u16,
+            flags: 0,
+            affinity_timeout_s: 0,
+            reserved: 0,
+        },
+    ));
+    ops
+}
+
+#[test]
+fn cluster_ip_connects_and_datagrams_are_rewritten_at_the_socket() {
+    if !privileged() {
+        return;
+    }
+    let root = cgroup2_root().expect("a cgroup v2 mount");
+    let name = format!("pier-test-{}", std::process::id());
+    let guard = Cleanup {
+        cgroup: root.join(&name),
+        bpffs: std::env::temp_dir().join(&name),
+    };
+    std::fs::create_dir(&guard.cgroup).unwrap();
+    // A private bpffs: the test never touches the machine's /sys/fs/bpf.
+    std::fs::create_dir_all(&guard.bpffs).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&guard.bpffs)
+        .status()
+        .unwrap()
+        .success());
+    let mut lb = SockLb::attach(&guard.bpffs.join("pier"), &guard.cgroup).unwrap();
+
+    // Backends on loopback.
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in tcp.incoming() {
+            let Ok(mut c) = conn else { return };
+            let _ = c.write_all(b"tcp-backend");
+        }
+    });
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let mut reply = b"udp:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = udp.send_to(&reply, from);
+        }
+    });
+    let mut ops = service_ops(
+        1,
+        key([127, 96, 0, 1], 80, PROTO_TCP),
+        &[(1, [127, 0, 0, 1], tcp_port)],
+    );
+    ops.extend(service_ops(2, key([127, 96, 0, 2], 80, PROTO_TCP), &[]));
+    ops.extend(service_ops(
+        3,
+        key([127, 96, 0, 3], 53, PROTO_UDP),
+        &[(2, [127, 0, 0, 1], udp_port)],
+    ));
+    lb.apply(&ops).unwrap();
+
+    // A client process inside the test cgroup; nothing else is affected.
+    // The service addresses are in 127.0.0.0/8 on purpose: should a hook not
+    // rewrite, the connect stays on this machine instead of leaving it.
+    let client = r#"
+import socket
+s = socket.create_connection(("127.96.0.1", 80), timeout=5)
+print("tcp", s.recv(100).decode())
+try:
+    socket.create_connection(("127.96.0.2", 80), timeout=5)
+    print("empty connected")
+except OSError as e:
+    print("empty refused", e.errno)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(5)
+u.sendto(b"q", ("127.96.0.3", 53))
+data, src = u.recvfrom(100)
+print("udp", data.decode(), src[0], src[1])
+"#;
+    let procs = guard.cgroup.join("cgroup.procs");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec python3 -c '{}'",
+            procs.display(),
+            client.replace('\'', "\\'")
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tcp tcp-backend"), "{stdout}");
+    // EPERM (1) comes from the hook; an unrewritten loopback connect would give ECONNREFUSED (111).
+    assert!(
+        stdout.contains("empty refused 1\n"),
+        "a service without endpoints refuses the connect at once: {stdout}"
+    );
+    assert!(
+        stdout.contains("udp udp:q 127.96.0.3 53"),
+        "replies appear to come from the service address: {stdout}"
+    );
+
+    // Outside the cgroup nothing is rewritten. (Checked with a loopback "VIP"
+    // so that an un-rewritten connect can never leave the machine.)
+    let free = TcpListener::bind("127.0.0.1:0").unwrap();
+    let vip_port = free.local_addr().unwrap().port();
+    drop(free);
+    lb.apply(&service_ops(
+        4,
+        key([127, 0, 0, 1], vip_port, PROTO_TCP),
+        &[(1, [127, 0, 0, 1], tcp_port)],
+    ))
+    .unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", vip_port)).is_err(),
+        "the test process is outside the cgroup: refused, not rewritten"
+    );
+    drop(lb);
+    drop(guard);
+}
