@@ -4,46 +4,13 @@
 //! removed afterwards, even when the test fails. Needs root; with CI=true it
 //! must run.
 
-use pier_agent::loader::{cgroup2_root, SockLb};
+mod common;
+use common::*;
+use pier_agent::loader::SockLb;
 use pier_agent::maps::*;
 use pier_agent::plan::MapOp;
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
-use std::path::PathBuf;
-use std::process::Command;
-
-fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true: the BPF tests must run as root"
-        );
-        eprintln!("skipped: BPF tests need root");
-    }
-    root
-}
-
-/// Removes the test cgroup and the test's own bpffs mount on drop.
-struct Cleanup {
-    cgroup: PathBuf,
-    bpffs: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.bpffs).status();
-        let _ = std::fs::remove_dir(&self.bpffs);
-        let _ = std::fs::remove_dir(&self.cgroup);
-    }
-}
 
 fn key(vip: [u8; 4], port: u16, proto: u8) -> Lb4Key {
     Lb4Key {
@@ -92,21 +59,7 @@ fn cluster_ip_connects_and_datagrams_are_rewritten_at_the_socket() {
     if !privileged() {
         return;
     }
-    let root = cgroup2_root().expect("a cgroup v2 mount");
-    let name = format!("pier-test-{}", std::process::id());
-    let guard = Cleanup {
-        cgroup: root.join(&name),
-        bpffs: std::env::temp_dir().join(&name),
-    };
-    std::fs::create_dir(&guard.cgroup).unwrap();
-    // A private bpffs: the test never touches the machine's /sys/fs/bpf.
-    std::fs::create_dir_all(&guard.bpffs).unwrap();
-    assert!(Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&guard.bpffs)
-        .status()
-        .unwrap()
-        .success());
+    let guard = Sandbox::new("socklb");
     let mut lb = SockLb::attach(&guard.bpffs.join("pier"), &guard.cgroup).unwrap();
 
     // Backends on loopback.
@@ -159,22 +112,8 @@ u.sendto(b"q", ("127.96.0.3", 53))
 data, src = u.recvfrom(100)
 print("udp", data.decode(), src[0], src[1])
 "#;
-    let procs = guard.cgroup.join("cgroup.procs");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec python3 -c '{}'",
-            procs.display(),
-            client.replace('\'', "\\'")
-        ))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, stdout, stderr) = guard.run_python(client);
+    assert!(ok, "client failed: {stdout}\n{stderr}");
     assert!(stdout.contains("tcp tcp-backend"), "{stdout}");
     // EPERM (1) comes from the hook; an unrewritten loopback connect would give ECONNREFUSED (111).
     assert!(

@@ -1,0 +1,125 @@
+//! pier-agent: wiring only. Standalone mode reads a folder of manifests,
+//! plans the lb4 maps for this node, applies the diff in a safe order, and
+//! re-applies on every change of the folder.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use pier_agent::loader::{cgroup2_root, SockLb};
+use pier_agent::plan::{diff, plan, Ids, MapState, NodeInfo};
+use pier_translate::{translate, TranslateOptions};
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pier-agent",
+    version,
+    about = "pier's eBPF kube-proxy replacement"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Folder of manifests (standalone mode); watched for changes.
+    #[arg(long, value_name = "DIR")]
+    manifests: Option<PathBuf>,
+    /// cgroup v2 directory the socket hooks attach to (default: the cgroup v2 root from /proc/mounts).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Where the maps are pinned (on a bpffs).
+    #[arg(long, default_value = "/sys/fs/bpf/pier")]
+    pin_dir: PathBuf,
+    /// This node's name, for traffic policies Local.
+    #[arg(long, default_value = "")]
+    node_name: String,
+    /// This node's zone, for trafficDistribution PreferClose.
+    #[arg(long)]
+    zone: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Remove the pinned maps (the hooks go away with the agent process).
+    Uninstall,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(args) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    if let Some(Command::Uninstall) = args.command {
+        if args.pin_dir.exists() {
+            std::fs::remove_dir_all(&args.pin_dir)
+                .with_context(|| format!("removing {}", args.pin_dir.display()))?;
+        }
+        return Ok(());
+    }
+    let dir = args
+        .manifests
+        .clone()
+        .context("--manifests DIR is required (the controller stream is not implemented yet)")?;
+    let cgroup = match &args.cgroup {
+        Some(c) => c.clone(),
+        None => cgroup2_root().context("no cgroup v2 mount found in /proc/mounts")?,
+    };
+    let node = NodeInfo {
+        name: args.node_name.clone(),
+        zone: args.zone.clone(),
+        addresses: Vec::new(),
+    };
+    let mut lb = SockLb::attach(&args.pin_dir, &cgroup)
+        .map_err(anyhow::Error::new)
+        .context("attaching the socket hooks")?;
+    tracing::info!(cgroup = %cgroup.display(), pins = %args.pin_dir.display(), "socket load balancing attached");
+    let (tx, rx) = mpsc::channel();
+    let _watcher = pier_manifests::watch(&dir, move |r| {
+        let _ = tx.send(r);
+    })
+    .context("cannot watch the manifest folder")?;
+    let options = TranslateOptions::default();
+    let mut ids = Ids::default();
+    let mut current = MapState::default();
+    let mut loaded = Some(pier_manifests::load_dir(&dir));
+    loop {
+        match loaded.take().expect("set before each turn") {
+            Ok(state) => {
+                let next = plan(&translate(&state, &options).snapshot, &node, &mut ids);
+                let ops = diff(&current, &next);
+                match lb.apply(&ops) {
+                    Ok(()) => {
+                        tracing::info!(
+                            ops = ops.len(),
+                            services = next.services.len(),
+                            backends = next.backends.len(),
+                            "maps updated"
+                        );
+                        current = next;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "map update failed; will retry on the next change")
+                    }
+                }
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(file = %e.file.display(), line = e.line, message = %e.message, "manifest rejected; maps keep their last good content");
+                }
+            }
+        }
+        match rx.recv() {
+            Ok(r) => loaded = Some(r),
+            Err(_) => return Ok(()),
+        }
+    }
+}

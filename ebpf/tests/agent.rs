@@ -1,0 +1,96 @@
+//! The pier-agent binary in standalone mode: manifests in, BPF maps out, and
+//! an endpoint change in the folder reaches the kernel without a restart.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn backend(reply: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let _ = c.write_all(reply.as_bytes());
+        }
+    });
+    port
+}
+
+fn manifests(port: u16) -> String {
+    // The ClusterIP is in 127.0.0.0/8 so an unrewritten connect stays on this machine.
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\nspec:\n  clusterIP: 127.96.1.1\n  ports: [{{name: http, port: 80, targetPort: http}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: default, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {port}, protocol: TCP}}]\nendpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]\n"
+    )
+}
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_agent_programs_manifests_and_follows_changes() {
+    if !privileged() {
+        return;
+    }
+    let sandbox = Sandbox::new("agent");
+    let (one, two) = (backend("backend-one"), backend("backend-two"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), manifests(one)).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _agent = Kill(
+        Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+            .arg("--manifests")
+            .arg(dir.path())
+            .arg("--cgroup")
+            .arg(&sandbox.cgroup)
+            .arg("--pin-dir")
+            .arg(sandbox.bpffs.join("pier"))
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let ask = "import socket\ntry:\n    print(socket.create_connection((\"127.96.1.1\", 80), timeout=2).recv(100).decode())\nexcept OSError as e:\n    print(\"error\", e.errno)\n";
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, out, _) = sandbox.run_python(ask);
+            if out.trim() == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never got {want:?} (last: {out:?}); agent log:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+        }
+    };
+    wait_for("backend-one");
+    std::fs::write(dir.path().join("web.yaml"), manifests(two)).unwrap();
+    wait_for("backend-two");
+    // A broken manifest keeps the last good maps.
+    std::fs::write(dir.path().join("web.yaml"), "kind: [broken\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(log.path())
+        .unwrap_or_default()
+        .contains("manifest rejected")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the broken manifest was not reported"
+        );
+        std::thread::yield_now();
+    }
+    wait_for("backend-two");
+}
