@@ -118,3 +118,94 @@ impl SockLb {
         Ok(())
     }
 }
+
+fn open_pinned<K: aya::Pod, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &str,
+) -> Result<BpfHashMap<MapData, K, V>, AgentError> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| err(name)(&e))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|e| err(name)(&e))?;
+    BpfHashMap::try_from(map).map_err(|e| err(name)(&e))
+}
+
+/// Reads the pinned lb4 maps back (for `status`, and so a restarted agent
+/// reconciles against what the kernel really holds).
+pub fn read_pinned(pin_dir: &Path) -> Result<crate::plan::MapState, AgentError> {
+    let mut state = crate::plan::MapState::default();
+    let services: BpfHashMap<MapData, Lb4Key, Lb4Service> = open_pinned(pin_dir, MAP_LB4_SERVICES)?;
+    for entry in services.iter() {
+        let (k, v) = entry.map_err(|e| err(MAP_LB4_SERVICES)(&e))?;
+        state.services.insert(k, v);
+    }
+    let slots: BpfHashMap<MapData, Lb4SlotKey, u32> = open_pinned(pin_dir, MAP_LB4_SLOTS)?;
+    for entry in slots.iter() {
+        let (k, v) = entry.map_err(|e| err(MAP_LB4_SLOTS)(&e))?;
+        state.slots.insert(k, v);
+    }
+    let backends: BpfHashMap<MapData, u32, Lb4Backend> = open_pinned(pin_dir, MAP_LB4_BACKENDS)?;
+    for entry in backends.iter() {
+        let (k, v) = entry.map_err(|e| err(MAP_LB4_BACKENDS)(&e))?;
+        state.backends.insert(k, v);
+    }
+    Ok(state)
+}
+
+/// A readable table of the lb4 maps.
+pub fn render_status(state: &crate::plan::MapState) -> String {
+    use std::fmt::Write;
+    let proto = |p: u8| match p {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        PROTO_SCTP => "SCTP",
+        _ => "?",
+    };
+    let addr = |a: [u8; 4], port_be: u16| {
+        format!("{}:{}", std::net::Ipv4Addr::from(a), u16::from_be(port_be))
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<5} {:<9} {:>4}  BACKENDS",
+        "SERVICE ADDRESS", "PROTO", "SCOPE", "ID"
+    );
+    for (k, svc) in &state.services {
+        let backends: Vec<String> = (1..=u32::from(svc.backend_count))
+            .map(|slot| {
+                state
+                    .slots
+                    .get(&Lb4SlotKey {
+                        service_id: svc.service_id,
+                        slot,
+                    })
+                    .and_then(|id| state.backends.get(id))
+                    .map_or_else(|| "<missing>".to_string(), |b| addr(b.address, b.port_be))
+            })
+            .collect();
+        let scope = if k.scope == SCOPE_NODEPORT {
+            "nodeport"
+        } else {
+            "cluster"
+        };
+        let shown = if backends.is_empty() {
+            "(none: connects refused)".to_string()
+        } else {
+            backends.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<5} {:<9} {:>4}  {}",
+            addr(k.address, k.port_be),
+            proto(k.proto),
+            scope,
+            svc.service_id,
+            shown
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} service addresses, {} backends",
+        state.services.len(),
+        state.backends.len()
+    );
+    out
+}

@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use pier_agent::loader::{cgroup2_root, SockLb};
-use pier_agent::plan::{diff, plan, Ids, MapState, NodeInfo};
+use pier_agent::loader::{cgroup2_root, read_pinned, render_status, SockLb};
+use pier_agent::plan::{diff, plan, Ids, NodeInfo};
 use pier_translate::{translate, TranslateOptions};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -40,6 +40,8 @@ struct Args {
 enum Command {
     /// Remove the pinned maps (the hooks go away with the agent process).
     Uninstall,
+    /// Print the services and backends programmed in the pinned maps.
+    Status,
 }
 
 fn main() {
@@ -58,6 +60,13 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    if let Some(Command::Status) = args.command {
+        let state = read_pinned(&args.pin_dir)
+            .map_err(anyhow::Error::new)
+            .with_context(|| format!("reading the maps pinned in {}", args.pin_dir.display()))?;
+        print!("{}", render_status(&state));
+        return Ok(());
+    }
     if let Some(Command::Uninstall) = args.command {
         if args.pin_dir.exists() {
             std::fs::remove_dir_all(&args.pin_dir)
@@ -88,8 +97,10 @@ fn run(args: Args) -> Result<()> {
     })
     .context("cannot watch the manifest folder")?;
     let options = TranslateOptions::default();
-    let mut ids = Ids::default();
-    let mut current = MapState::default();
+    // Maps pinned by a previous agent are reused by the loader: start from
+    // what they hold, so the first update is a diff, not a rewrite.
+    let mut current = read_pinned(&args.pin_dir).unwrap_or_default();
+    let mut ids = Ids::adopt(&current);
     let mut loaded = Some(pier_manifests::load_dir(&dir));
     loop {
         match loaded.take().expect("set before each turn") {

@@ -35,6 +35,23 @@ pub struct Ids {
 }
 
 impl Ids {
+    /// Ids already in the kernel maps (after an agent restart): backends keep
+    /// their ids; new service ids start above every id in use.
+    pub fn adopt(state: &MapState) -> Ids {
+        let mut ids = Ids::default();
+        for (id, b) in &state.backends {
+            ids.backends.insert(Lb4Backend { flags: 0, ..*b }, *id);
+            ids.next_backend = ids.next_backend.max(*id);
+        }
+        ids.next_service = state
+            .services
+            .values()
+            .map(|s| s.service_id)
+            .max()
+            .unwrap_or(0);
+        ids
+    }
+
     fn service(&mut self, name: &str) -> u32 {
         if let Some(id) = self.services.get(name) {
             return *id;

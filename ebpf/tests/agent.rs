@@ -48,19 +48,22 @@ fn the_agent_programs_manifests_and_follows_changes() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("web.yaml"), manifests(one)).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let _agent = Kill(
-        Command::new(env!("CARGO_BIN_EXE_pier-agent"))
-            .arg("--manifests")
-            .arg(dir.path())
-            .arg("--cgroup")
-            .arg(&sandbox.cgroup)
-            .arg("--pin-dir")
-            .arg(sandbox.bpffs.join("pier"))
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let spawn_agent = || {
+        Kill(
+            Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+                .arg("--manifests")
+                .arg(dir.path())
+                .arg("--cgroup")
+                .arg(&sandbox.cgroup)
+                .arg("--pin-dir")
+                .arg(sandbox.bpffs.join("pier"))
+                .stdout(Stdio::null())
+                .stderr(log.reopen().unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let agent = spawn_agent();
     let ask = "import socket\ntry:\n    print(socket.create_connection((\"127.96.1.1\", 80), timeout=2).recv(100).decode())\nexcept OSError as e:\n    print(\"error\", e.errno)\n";
     let wait_for = |want: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -79,6 +82,27 @@ fn the_agent_programs_manifests_and_follows_changes() {
     wait_for("backend-one");
     std::fs::write(dir.path().join("web.yaml"), manifests(two)).unwrap();
     wait_for("backend-two");
+    // `status` reads the pinned maps back.
+    let status = Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+        .arg("--pin-dir")
+        .arg(sandbox.bpffs.join("pier"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(
+        table.contains("127.96.1.1:80") && table.contains(&format!("127.0.0.1:{two}")),
+        "{table}"
+    );
+    assert!(
+        table.contains("1 service addresses, 1 backends"),
+        "the old backend was removed: {table}"
+    );
     // A broken manifest keeps the last good maps.
     std::fs::write(dir.path().join("web.yaml"), "kind: [broken\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -92,5 +116,11 @@ fn the_agent_programs_manifests_and_follows_changes() {
         );
         std::thread::yield_now();
     }
+    wait_for("backend-two");
+
+    // A restarted agent re-attaches, adopts the pinned maps and keeps the programming.
+    drop(agent);
+    std::fs::write(dir.path().join("web.yaml"), manifests(two)).unwrap();
+    let _agent = spawn_agent();
     wait_for("backend-two");
 }
