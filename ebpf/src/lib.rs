@@ -6,6 +6,7 @@
 //! move the kernel from one content to the next ([`plan`]), and Maglev
 //! ([`maglev`]). The BPF objects built from `bpf/` are embedded below.
 
+pub mod health;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

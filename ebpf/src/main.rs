@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use pier_agent::health::HealthChecks;
 use pier_agent::loader::{cgroup2_root, read_pinned, render_status, SockLb};
 use pier_agent::plan::{diff, plan, Ids, NodeInfo};
 use pier_translate::{translate, TranslateOptions};
@@ -34,6 +35,9 @@ struct Args {
     /// This node's zone, for trafficDistribution PreferClose.
     #[arg(long)]
     zone: Option<String>,
+    /// Address the healthCheckNodePort listeners bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    health_bind: std::net::IpAddr,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,6 +101,7 @@ fn run(args: Args) -> Result<()> {
     })
     .context("cannot watch the manifest folder")?;
     let options = TranslateOptions::default();
+    let health = HealthChecks::new(args.health_bind);
     // Maps pinned by a previous agent are reused by the loader: start from
     // what they hold, so the first update is a diff, not a rewrite.
     let mut current = read_pinned(&args.pin_dir).unwrap_or_default();
@@ -105,7 +110,9 @@ fn run(args: Args) -> Result<()> {
     loop {
         match loaded.take().expect("set before each turn") {
             Ok(state) => {
-                let next = plan(&translate(&state, &options).snapshot, &node, &mut ids);
+                let snapshot = translate(&state, &options).snapshot;
+                health.update(&snapshot, &node);
+                let next = plan(&snapshot, &node, &mut ids);
                 let ops = diff(&current, &next);
                 match lb.apply(&ops) {
                     Ok(()) => {

@@ -124,3 +124,77 @@ fn the_agent_programs_manifests_and_follows_changes() {
     let _agent = spawn_agent();
     wait_for("backend-two");
 }
+
+fn http_get(port: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn lb_local(health_port: u16, node: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: default}}\nspec:\n  type: LoadBalancer\n  clusterIP: 127.96.2.1\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {health_port}\n  ports: [{{name: http, port: 80, nodePort: 30081}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: lb-1, namespace: default, labels: {{kubernetes.io/service-name: lb}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{{addresses: [127.0.0.1], nodeName: {node}, conditions: {{ready: true}}}}]\n"
+    )
+}
+
+#[test]
+fn the_health_check_node_port_reports_local_endpoints() {
+    if !privileged() {
+        return;
+    }
+    let sandbox = Sandbox::new("health");
+    let health_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lb.yaml"), lb_local(health_port, "node-a")).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _agent = Kill(
+        Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+            .arg("--manifests")
+            .arg(dir.path())
+            .arg("--cgroup")
+            .arg(&sandbox.cgroup)
+            .arg("--pin-dir")
+            .arg(sandbox.bpffs.join("pier"))
+            .args(["--node-name", "node-a", "--health-bind", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", health_port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "health port never opened:\n{}",
+            std::fs::read_to_string(log.path()).unwrap_or_default()
+        );
+        std::thread::yield_now();
+    }
+    let answer = http_get(health_port);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("\"localEndpoints\":1") && answer.contains("\"name\":\"lb\""),
+        "{answer}"
+    );
+    // The endpoint moves to another node: this node must be taken out of rotation.
+    std::fs::write(dir.path().join("lb.yaml"), lb_local(health_port, "node-b")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = http_get(health_port);
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("\"localEndpoints\":0"), "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still healthy: {answer}");
+    }
+}

@@ -1,0 +1,110 @@
+//! healthCheckNodePort for `externalTrafficPolicy: Local` LoadBalancer
+//! Services: HTTP 200 with the node's local endpoint count when there is at
+//! least one, 503 otherwise — so cloud load balancers skip nodes without
+//! local endpoints.
+
+use crate::plan::NodeInfo;
+use pier_snapshot::Snapshot;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Health {
+    namespace: String,
+    name: String,
+    local_endpoints: usize,
+}
+
+/// Per port, what the health check answers; listeners start on first use.
+pub struct HealthChecks {
+    bind: IpAddr,
+    answers: Arc<Mutex<HashMap<u16, Health>>>,
+    listening: Mutex<HashSet<u16>>,
+}
+
+impl HealthChecks {
+    pub fn new(bind: IpAddr) -> Self {
+        HealthChecks {
+            bind,
+            answers: Arc::default(),
+            listening: Mutex::default(),
+        }
+    }
+
+    /// Recomputes every answer from `snapshot` and opens listeners for new ports.
+    pub fn update(&self, snapshot: &Snapshot, node: &NodeInfo) {
+        let mut answers = HashMap::new();
+        for svc in snapshot.services.data.values() {
+            let Some(port) = svc.health_check_node_port else {
+                continue;
+            };
+            let local = snapshot.backends.data.get(&svc.backends).map_or(0, |set| {
+                set.usable(|e| e.node_name.as_deref() == Some(node.name.as_str()))
+                    .len()
+            });
+            answers.insert(
+                port,
+                Health {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                    local_endpoints: local,
+                },
+            );
+        }
+        let ports: Vec<u16> = answers.keys().copied().collect();
+        *self.answers.lock().unwrap_or_else(|e| e.into_inner()) = answers;
+        let mut listening = self.listening.lock().unwrap_or_else(|e| e.into_inner());
+        for port in ports {
+            if listening.insert(port) {
+                self.listen(port);
+            }
+        }
+    }
+
+    fn listen(&self, port: u16) {
+        let addr = SocketAddr::new(self.bind, port);
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot open the health check node port");
+                return;
+            }
+        };
+        let answers = self.answers.clone();
+        std::thread::Builder::new()
+            .name(format!("pier-health-{port}"))
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(mut conn) = conn else { continue };
+                    // Read the request head; the answer does not depend on it.
+                    let mut reader = BufReader::new(match conn.try_clone() {
+                        Ok(c) => c,
+                        Err(_) => continue,
+                    });
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        line.clear();
+                    }
+                    let health = answers.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
+                    let (status, body) = match health {
+                        Some(h) => (
+                            if h.local_endpoints > 0 { "200 OK" } else { "503 Service Unavailable" },
+                            format!(
+                                "{{\"service\":{{\"namespace\":\"{}\",\"name\":\"{}\"}},\"localEndpoints\":{},\"serviceProxyHealthy\":true}}\n",
+                                h.namespace, h.name, h.local_endpoints
+                            ),
+                        ),
+                        None => ("503 Service Unavailable", "{\"localEndpoints\":0}\n".to_string()),
+                    };
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            })
+            .expect("spawning a thread");
+    }
+}
