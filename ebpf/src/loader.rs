@@ -12,6 +12,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct AgentError(pub String);
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pin_dir_off_bpffs_outside_sys_fs_bpf_is_refused_clearly() {
+        let e = super::ensure_bpffs(std::path::Path::new("/tmp/not-a-bpffs/pier")).unwrap_err();
+        assert!(e.0.contains("is not on a bpffs"), "{e}");
+    }
+}
+
 impl std::fmt::Display for AgentError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -54,6 +63,44 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+/// The filesystem type of the mount holding `path` (longest mount-point prefix).
+fn fs_type_of(path: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, kind) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(point)
+                .then(|| (point.len(), kind.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
+}
+
+/// Makes sure `pin_dir` is on a bpffs: mounts one on /sys/fs/bpf when the
+/// node has none there (as kube-proxy replacements do); any other location
+/// must already be a bpffs.
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), AgentError> {
+    if fs_type_of(pin_dir).as_deref() == Some("bpf") {
+        return Ok(());
+    }
+    let default = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(default) {
+        return Err(AgentError(format!("{} is not on a bpffs: mount one (mount -t bpf bpf DIR) or use --pin-dir under /sys/fs/bpf", pin_dir.display())));
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(default)
+        .status()
+        .map_err(|e| err("running mount")(&e))?;
+    if !status.success() || fs_type_of(pin_dir).as_deref() != Some("bpf") {
+        return Err(AgentError("could not mount a bpffs on /sys/fs/bpf".into()));
+    }
+    tracing::info!("mounted a bpffs on /sys/fs/bpf");
+    Ok(())
+}
+
 /// The socket-LB programs attached to one cgroup, and their maps.
 pub struct SockLb {
     // Dropping the object detaches the programs (links are not pinned yet).
@@ -67,6 +114,7 @@ impl SockLb {
     /// Loads the programs, pins their maps under `pin_dir` (reusing maps
     /// already pinned there) and attaches the hooks to `cgroup`.
     pub fn attach(pin_dir: &Path, cgroup: &Path) -> Result<SockLb, AgentError> {
+        ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(pin_dir).map_err(|e| err("creating the pin directory")(&e))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
