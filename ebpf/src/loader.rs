@@ -4,6 +4,7 @@
 use crate::maps::*;
 use crate::plan::MapOp;
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader};
 use std::fs::File;
@@ -101,9 +102,24 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Detaches the hooks (unpins their links) and removes the pinned maps.
+pub fn uninstall(pin_dir: &Path) -> Result<(), AgentError> {
+    for name in SOCK_PROGRAMS {
+        let link_pin = pin_dir.join(format!("link_{name}"));
+        if link_pin.exists() {
+            let link = PinnedLink::from_pin(&link_pin).map_err(|e| err(name)(&e))?;
+            drop(link.unpin().map_err(|e| err(name)(&e))?);
+        }
+    }
+    if pin_dir.exists() {
+        std::fs::remove_dir_all(pin_dir).map_err(|e| err("removing the pinned maps")(&e))?;
+    }
+    Ok(())
+}
+
 /// The socket-LB programs attached to one cgroup, and their maps.
 pub struct SockLb {
-    // Dropping the object detaches the programs (links are not pinned yet).
+    // The hooks live in pinned links (see `attach`), not in this object.
     _ebpf: Ebpf,
     services: BpfHashMap<MapData, Lb4Key, Lb4Service>,
     slots: BpfHashMap<MapData, Lb4SlotKey, u32>,
@@ -122,15 +138,24 @@ impl SockLb {
             .map_err(|e| err("loading sock.o")(&e))?;
         let cgroup_fd = File::open(cgroup).map_err(|e| err("opening the cgroup")(&e))?;
         for name in SOCK_PROGRAMS {
+            // A link pinned by a previous agent keeps the hook attached while the
+            // agent restarts; it is kept (the maps it reads are the pinned ones).
+            let link_pin = pin_dir.join(format!("link_{name}"));
+            if link_pin.exists() {
+                continue;
+            }
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or_else(|| AgentError(format!("program {name} missing from sock.o")))?
                 .try_into()
                 .map_err(|e| err(name)(&e))?;
             program.load().map_err(|e| err(name)(&e))?;
-            program
+            let link_id = program
                 .attach(&cgroup_fd, CgroupAttachMode::Single)
                 .map_err(|e| err(name)(&e))?;
+            let link = program.take_link(link_id).map_err(|e| err(name)(&e))?;
+            let fd_link: FdLink = link.try_into().map_err(|e| err(name)(&e))?;
+            fd_link.pin(&link_pin).map_err(|e| err(name)(&e))?;
         }
         let mut take = |name: &str| {
             ebpf.take_map(name)

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pier_agent::health::HealthChecks;
-use pier_agent::loader::{cgroup2_root, read_pinned, render_status, SockLb};
+use pier_agent::loader::{cgroup2_root, read_pinned, render_status, uninstall, SockLb};
 use pier_agent::plan::{diff, plan, Ids, NodeInfo};
 use pier_translate::{translate, TranslateOptions};
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Remove the pinned maps (the hooks go away with the agent process).
+    /// Detach the hooks and remove the pinned links and maps.
     Uninstall,
     /// Print the services and backends programmed in the pinned maps.
     Status,
@@ -72,11 +72,9 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     if let Some(Command::Uninstall) = args.command {
-        if args.pin_dir.exists() {
-            std::fs::remove_dir_all(&args.pin_dir)
-                .with_context(|| format!("removing {}", args.pin_dir.display()))?;
-        }
-        return Ok(());
+        return uninstall(&args.pin_dir)
+            .map_err(anyhow::Error::new)
+            .context("uninstalling");
     }
     let dir = args
         .manifests

@@ -118,8 +118,10 @@ fn the_agent_programs_manifests_and_follows_changes() {
     }
     wait_for("backend-two");
 
-    // A restarted agent re-attaches, adopts the pinned maps and keeps the programming.
+    // While the agent is down, the pinned hooks and maps keep serving.
     drop(agent);
+    wait_for("backend-two");
+    // A restarted agent adopts the pinned hooks, maps and ids.
     std::fs::write(dir.path().join("web.yaml"), manifests(two)).unwrap();
     let _agent = spawn_agent();
     wait_for("backend-two");
