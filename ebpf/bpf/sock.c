@@ -34,7 +34,7 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx, int remember)
 	svc = bpf_map_lookup_elem(&pier_lb4_services, &key);
 	if (!svc)
 		return SYS_PROCEED; /* not a service: leave it alone */
-	backend = pier_lb4_pick(svc);
+	backend = pier_lb4_pick(svc, bpf_get_netns_cookie(ctx));
 	if (!backend)
 		return SYS_REJECT; /* a service without endpoints refuses at once */
 	if (remember) {

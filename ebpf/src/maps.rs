@@ -76,6 +76,26 @@ pub struct Lb4RevNat {
     pub pad: u16,
 }
 
+/// `struct pier_lb4_affinity_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lb4AffinityKey {
+    pub netns_cookie: u64,
+    pub service_id: u32,
+    pub pad: u32,
+}
+
+/// `struct pier_lb4_affinity`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lb4Affinity {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub pad: u32,
+}
+
+const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
+const _: () = assert!(size_of::<Lb4Affinity>() == 16);
 const _: () = assert!(size_of::<Lb4Key>() == 8);
 const _: () = assert!(size_of::<Lb4Service>() == 16);
 const _: () = assert!(size_of::<Lb4SlotKey>() == 8);
@@ -88,3 +108,4 @@ pub const MAP_LB4_SERVICES: &str = "pier_lb4_services";
 pub const MAP_LB4_SLOTS: &str = "pier_lb4_slots";
 pub const MAP_LB4_BACKENDS: &str = "pier_lb4_backends";
 pub const MAP_LB4_REVNAT: &str = "pier_lb4_revnat";
+pub const MAP_LB4_AFFINITY: &str = "pier_lb4_affinity";

@@ -143,3 +143,57 @@ print("udp", data.decode(), src[0], src[1])
     drop(lb);
     drop(guard);
 }
+
+fn named_backend(name: &'static str) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let _ = c.write_all(name.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_one_backend() {
+    if !privileged() {
+        return;
+    }
+    let sandbox = Sandbox::new("affinity");
+    let mut lb = SockLb::attach(&sandbox.bpffs.join("pier"), &sandbox.cgroup).unwrap();
+    let (a, b) = (named_backend("A"), named_backend("B"));
+    let backends = [(11, [127, 0, 0, 1], a), (12, [127, 0, 0, 1], b)];
+    let mut sticky = service_ops(21, key([127, 96, 0, 4], 80, PROTO_TCP), &backends);
+    if let Some(MapOp::PutService(_, svc)) = sticky.last_mut() {
+        svc.flags = SVC_AFFINITY;
+        svc.affinity_timeout_s = 600;
+    }
+    lb.apply(&sticky).unwrap();
+    lb.apply(&service_ops(
+        22,
+        key([127, 96, 0, 5], 80, PROTO_TCP),
+        &backends,
+    ))
+    .unwrap();
+    let (ok, out, err) = sandbox.run_python(
+        "import socket\nfor vip in (\"127.96.0.4\", \"127.96.0.5\"):\n    seen = set(socket.create_connection((vip, 80), timeout=5).recv(10).decode() for _ in range(40))\n    print(vip, \"\".join(sorted(seen)))\n",
+    );
+    assert!(ok, "{out}\n{err}");
+    let line = |vip: &str| {
+        out.lines()
+            .find(|l| l.starts_with(vip))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        matches!(line("127.96.0.4").as_str(), "127.96.0.4 A" | "127.96.0.4 B"),
+        "affinity keeps one backend: {out}"
+    );
+    assert_eq!(
+        line("127.96.0.5"),
+        "127.96.0.5 AB",
+        "without affinity both backends are used: {out}"
+    );
+}

@@ -71,4 +71,18 @@ struct pier_lb4_revnat {
 	__u16 pad;
 };
 
+/* sessionAffinity: ClientIP for socket LB: the client is identified by its
+ * network namespace (a pod), as its source address is not known at connect. */
+struct pier_lb4_affinity_key {
+	__u64 netns_cookie;
+	__u32 service_id;
+	__u32 pad;
+};
+
+struct pier_lb4_affinity {
+	__u64 last_used_ns;
+	__u32 backend_id;
+	__u32 pad;
+};
+
 #endif

@@ -38,9 +38,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pier_lb4_revnat SEC(".maps");
 
-/* A random backend of the service, or NULL when it has none. */
-static __always_inline const struct pier_lb4_backend *
-pier_lb4_pick(const struct pier_lb4_service *svc)
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct pier_lb4_affinity_key);
+	__type(value, struct pier_lb4_affinity);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pier_lb4_affinity SEC(".maps");
+
+/* A random backend id of the service, or 0 when it has none. */
+static __always_inline __u32 pier_lb4_pick_id(const struct pier_lb4_service *svc)
 {
 	struct pier_lb4_slot_key slot = {
 		.service_id = svc->service_id,
@@ -49,11 +56,48 @@ pier_lb4_pick(const struct pier_lb4_service *svc)
 	__u32 *backend_id;
 
 	if (svc->backend_count == 0)
-		return NULL;
+		return 0;
 	backend_id = bpf_map_lookup_elem(&pier_lb4_slots, &slot);
-	if (!backend_id)
+	return backend_id ? *backend_id : 0;
+}
+
+/* The backend for a client (identified by `client`, e.g. its netns cookie):
+ * with sessionAffinity the one it used last, while that backend still exists
+ * and the timeout has not passed; otherwise a random one. */
+static __always_inline const struct pier_lb4_backend *
+pier_lb4_pick(const struct pier_lb4_service *svc, __u64 client)
+{
+	struct pier_lb4_affinity_key akey = {
+		.netns_cookie = client,
+		.service_id = svc->service_id,
+	};
+	__u64 now = bpf_ktime_get_ns();
+	const struct pier_lb4_backend *backend;
+	__u32 id;
+
+	if (svc->backend_count == 0)
 		return NULL;
-	return bpf_map_lookup_elem(&pier_lb4_backends, backend_id);
+	if (svc->flags & PIER_SVC_AFFINITY) {
+		struct pier_lb4_affinity *seen = bpf_map_lookup_elem(&pier_lb4_affinity, &akey);
+
+		if (seen && now - seen->last_used_ns < (__u64)svc->affinity_timeout_s * 1000000000ULL) {
+			backend = bpf_map_lookup_elem(&pier_lb4_backends, &seen->backend_id);
+			if (backend) {
+				seen->last_used_ns = now;
+				return backend;
+			}
+		}
+	}
+	id = pier_lb4_pick_id(svc);
+	if (!id)
+		return NULL;
+	backend = bpf_map_lookup_elem(&pier_lb4_backends, &id);
+	if (backend && (svc->flags & PIER_SVC_AFFINITY)) {
+		struct pier_lb4_affinity val = { .last_used_ns = now, .backend_id = id };
+
+		bpf_map_update_elem(&pier_lb4_affinity, &akey, &val, BPF_ANY);
+	}
+	return backend;
 }
 
 #endif
