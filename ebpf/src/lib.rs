@@ -42,6 +42,7 @@ mod tests {
             crate::maps::MAP_LB4_SLOTS,
             crate::maps::MAP_LB4_BACKENDS,
             crate::maps::MAP_LB4_REVNAT,
+            crate::maps::MAP_LB4_AFFINITY,
         ] {
             assert!(has(map), "missing map {map}");
         }
