@@ -108,6 +108,7 @@ fn run(args: Args) -> Result<()> {
     loop {
         match loaded.take().expect("set before each turn") {
             Ok(state) => {
+                let started = std::time::Instant::now();
                 let snapshot = translate(&state, &options).snapshot;
                 health.update(&snapshot, &node);
                 let next = plan(&snapshot, &node, &mut ids);
@@ -115,6 +116,7 @@ fn run(args: Args) -> Result<()> {
                 match lb.apply(&ops) {
                     Ok(()) => {
                         tracing::info!(
+                            elapsed_us = started.elapsed().as_micros() as u64,
                             ops = ops.len(),
                             services = next.services.len(),
                             backends = next.backends.len(),
