@@ -16,7 +16,9 @@
 
 static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
 {
-	return ctx->type == SOCK_DGRAM ? PIER_PROTO_UDP : PIER_PROTO_TCP;
+	/* TCP, UDP and SCTP sockets carry their protocol; SOCK_STREAM alone would
+	 * confuse SCTP with TCP. */
+	return (__u8)ctx->protocol;
 }
 
 /* Translate ctx's destination if it is a service address. */

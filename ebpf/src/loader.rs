@@ -186,6 +186,11 @@ impl SockLb {
                 MapOp::DeleteSlot(k) => self.slots.remove(k),
                 MapOp::DeleteBackend(id) => self.backends.remove(id),
             };
+            // Deleting what is already gone is success (a retry after a partial update).
+            let result = match result {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            };
             result.map_err(|e| AgentError(format!("{op:?}: {e}")))?;
         }
         Ok(())

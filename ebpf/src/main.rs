@@ -125,6 +125,9 @@ fn run(args: Args) -> Result<()> {
                         current = next;
                     }
                     Err(e) => {
+                        // Part of the diff may be in the kernel: diff against what is
+                        // really there next time, not against what we meant to write.
+                        current = read_pinned(&args.pin_dir).unwrap_or(current);
                         tracing::error!(error = %e, "map update failed; will retry on the next change")
                     }
                 }

@@ -98,7 +98,13 @@ fn endpoints<'a>(
 ) -> Vec<&'a Endpoint> {
     let local = |e: &Endpoint| !local_only || e.node_name.as_deref() == Some(node.name.as_str());
     if prefer_close && node.zone.is_some() {
-        let same_zone = set.usable(|e| local(e) && e.zone == node.zone);
+        // Only ready endpoints count as "close": terminating ones in this zone
+        // must not win over ready ones elsewhere.
+        let same_zone: Vec<&Endpoint> = set
+            .endpoints
+            .iter()
+            .filter(|e| e.ready && local(e) && e.zone == node.zone)
+            .collect();
         if !same_zone.is_empty() {
             return same_zone;
         }
@@ -210,17 +216,29 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
             flags: flag,
         };
         add_view(&mut state, ids, svc, view, node);
-        // External view: externalIPs, LoadBalancer IPs and NodePorts, under externalTrafficPolicy.
-        let mut external: Vec<Lb4Key> = svc
+        // externalIPs and LoadBalancer IPs reached from inside the cluster (the
+        // socket hook only sees local clients) go to every endpoint, as
+        // kube-proxy does: externalTrafficPolicy is about traffic from outside.
+        let in_cluster: Vec<Lb4Key> = svc
             .external_ips
             .iter()
             .chain(&svc.load_balancer_ips)
             .filter_map(v4)
             .map(|a| key(a, svc.port, SCOPE_CLUSTER))
             .collect();
+        let eps = endpoints(set, node, false, svc.prefer_close);
+        let view = View {
+            name: format!("{name}#in-cluster-external"),
+            keys: in_cluster,
+            endpoints: eps,
+            flags: 0,
+        };
+        add_view(&mut state, ids, svc, view, node);
+        // NodePorts, under externalTrafficPolicy.
+        let mut node_ports: Vec<Lb4Key> = Vec::new();
         if let Some(node_port) = svc.node_port {
-            external.push(key([0, 0, 0, 0], node_port, SCOPE_NODEPORT));
-            external.extend(
+            node_ports.push(key([0, 0, 0, 0], node_port, SCOPE_NODEPORT));
+            node_ports.extend(
                 node.addresses
                     .iter()
                     .map(|a| key(a.octets(), node_port, SCOPE_NODEPORT)),
@@ -234,7 +252,7 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
         };
         let view = View {
             name: format!("{name}#external"),
-            keys: external,
+            keys: node_ports,
             endpoints: eps,
             flags: flag,
         };

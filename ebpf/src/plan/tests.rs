@@ -125,18 +125,37 @@ fn traffic_policies_zones_and_node_ports_shape_the_views() {
         backends_of(&state, &key([10, 96, 0, 1], 80, SCOPE_CLUSTER)),
         vec![[10, 244, 0, 1], [10, 244, 0, 3]]
     );
-    // External view: ETP Local keeps this node's endpoint only, on every external address.
+    // NodePorts: ETP Local keeps this node's endpoint only.
     for k in [
-        key([203, 0, 113, 7], 80, SCOPE_CLUSTER),
         key([0, 0, 0, 0], 30080, SCOPE_NODEPORT),
         key([192, 168, 1, 10], 30080, SCOPE_NODEPORT),
     ] {
         assert_eq!(backends_of(&state, &k), vec![[10, 244, 0, 1]], "{k:?}");
         assert_ne!(state.services[&k].flags & SVC_LOCAL_EXTERNAL, 0);
     }
+    // An externalIP reached from inside the cluster uses every (zone-preferred) endpoint.
+    assert_eq!(
+        backends_of(&state, &key([203, 0, 113, 7], 80, SCOPE_CLUSTER)),
+        vec![[10, 244, 0, 1], [10, 244, 0, 3]]
+    );
     let internal = state.services[&key([10, 96, 0, 1], 80, SCOPE_CLUSTER)];
     assert_ne!(internal.flags & SVC_AFFINITY, 0);
     assert_eq!(internal.affinity_timeout_s, 600);
+}
+
+#[test]
+fn prefer_close_never_picks_terminating_endpoints_over_ready_ones_elsewhere() {
+    let mut svc = service("web", [10, 96, 0, 1]);
+    svc.prefer_close = true;
+    let eps = vec![
+        ep(1, "node-a", "z1", false, true),
+        ep(2, "node-b", "z2", true, false),
+    ];
+    let state = plan(&snapshot(vec![(svc, eps)]), &node(), &mut Ids::default());
+    assert_eq!(
+        backends_of(&state, &key([10, 96, 0, 1], 80, SCOPE_CLUSTER)),
+        vec![[10, 244, 0, 2]]
+    );
 }
 
 #[test]
