@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client has to send its ClientHello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A ClientHello larger than this is not routed.
 const MAX_HELLO: usize = 16 * 1024;
 
@@ -99,7 +101,11 @@ impl ServerApp for L4Forwarder {
             .as_ref()
             .is_some_and(|r| r.passthrough.contains_key(&self.port));
         let sni = if is_tls_port {
-            Some(peek_sni(&mut session).await.unwrap_or_default())
+            // A client that never finishes its ClientHello is dropped, not kept.
+            match tokio::time::timeout(HELLO_TIMEOUT, peek_sni(&mut session)).await {
+                Ok(name) => Some(name.unwrap_or_default()),
+                Err(_) => return None,
+            }
         } else {
             None
         };

@@ -41,8 +41,14 @@ pub struct RequestCtx {
     backend_key: Option<String>,
     tls: bool,
     host: String,
-    /// Endpoints tried for this request (a failed connect retries another one once).
+    /// Endpoints tried for this request, for the access log.
     tried: Vec<SocketAddr>,
+    /// Endpoints whose connect failed: a retry avoids them. (A retry after a
+    /// stale pooled connection may go back to the same endpoint.)
+    failed: Vec<SocketAddr>,
+    connect_failures: u32,
+    /// The request path with dot segments resolved, when it differed.
+    normalized_path: Option<String>,
     in_flight: Option<InFlight>,
     origin: Option<String>,
     body_bytes: u64,
@@ -74,7 +80,12 @@ async fn respond(
     for (name, value) in headers {
         resp.insert_header(name.to_string(), value.as_str())?;
     }
-    resp.insert_header("content-length", body.len().to_string())?;
+    // 1xx, 204 and 304 carry neither a body nor Content-Length (RFC 9110 §8.6).
+    let bodiless = status < 200 || status == 204 || status == 304;
+    let body = if bodiless { "" } else { body };
+    if !bodiless {
+        resp.insert_header("content-length", body.len().to_string())?;
+    }
     if !body.is_empty() {
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
     }
@@ -165,6 +176,37 @@ fn cors_policy(entry: &HttpRouteEntry) -> Option<&CorsPolicy> {
     })
 }
 
+/// RFC 3986 §5.2.4 dot-segment removal, with percent-encoded dots decoded
+/// first. Returns None when the path is already normal (the common case).
+fn normalize_path(path: &str) -> Option<String> {
+    let lower = path.to_ascii_lowercase();
+    let suspicious = path.split('/').any(|s| s == "." || s == "..") || lower.contains("%2e");
+    if !suspicious {
+        return None;
+    }
+    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    Some(format!("/{}", out.join("/")))
+}
+
 /// `host[:port]` (IPv6 literals in brackets) → host and port.
 fn split_host_port(host: &str) -> (String, Option<u16>) {
     let port_at = if host.starts_with('[') {
@@ -185,6 +227,7 @@ fn redirect_location(
     r: &Redirect,
     entry: &HttpRouteEntry,
     tls: bool,
+    listener_port: u16,
     host: &str,
     path: &str,
     query: Option<&str>,
@@ -193,14 +236,14 @@ fn redirect_location(
         .scheme
         .clone()
         .unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
-    let (req_host, req_port) = split_host_port(host);
+    let (req_host, _) = split_host_port(host);
     let hostname = r.hostname.clone().unwrap_or(req_host);
-    // Per spec: an explicit port wins; a scheme change drops the request's port;
-    // otherwise keep it. Default ports are never written.
+    // Per spec: an explicit port wins; a scheme change means that scheme's
+    // well-known port; otherwise the listener's port. Default ports are never written.
     let port = match (r.port, &r.scheme) {
         (Some(p), _) => Some(p),
         (None, Some(_)) => None,
-        (None, None) => req_port,
+        (None, None) => Some(listener_port),
     };
     let port =
         port.filter(|p| !((scheme == "http" && *p == 80) || (scheme == "https" && *p == 443)));
@@ -304,7 +347,7 @@ impl PierProxy {
                 hash_key(session, on).map_or(Choice::LeastRequest, Choice::Hash)
             }
         };
-        let (addr, guard) = self.shared.balancer.pick_with(set, &ctx.tried, choice)?;
+        let (addr, guard) = self.shared.balancer.pick_with(set, &ctx.failed, choice)?;
         ctx.tried.push(addr);
         ctx.in_flight = Some(guard);
         Some(addr)
@@ -349,6 +392,9 @@ impl ProxyHttp for PierProxy {
             tls: false,
             host: String::new(),
             tried: Vec::new(),
+            failed: Vec::new(),
+            connect_failures: 0,
+            normalized_path: None,
             in_flight: None,
             origin: None,
             body_bytes: 0,
@@ -380,7 +426,12 @@ impl ProxyHttp for PierProxy {
             .map(str::to_string)
             .or_else(|| req.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
-        let path = req.uri.path().to_string();
+        // Route on the normalised path (dot segments resolved) and send that one
+        // upstream too: `/x/../admin` must not dodge a route for `/admin`.
+        let normalized = normalize_path(req.uri.path());
+        let path = normalized
+            .clone()
+            .unwrap_or_else(|| req.uri.path().to_string());
         let query = req.uri.query().map(str::to_string);
         let method = req.method.as_str().to_string();
         ctx.origin = req
@@ -432,6 +483,7 @@ impl ProxyHttp for PierProxy {
             }
         };
         ctx.host = host.clone();
+        ctx.normalized_path = normalized;
         let entry = match selected {
             Ok(entry) => entry,
             Err(421) => {
@@ -491,7 +543,7 @@ impl ProxyHttp for PierProxy {
         match &entry.action {
             RouteAction::Redirect(r) => {
                 let location =
-                    redirect_location(r, &entry, ctx.tls, &host, &path, query.as_deref());
+                    redirect_location(r, &entry, ctx.tls, port, &host, &path, query.as_deref());
                 respond(session, r.status, &[("location", location)], "").await?;
                 ctx.status_hint = Some(r.status);
                 Ok(true)
@@ -570,7 +622,7 @@ impl ProxyHttp for PierProxy {
                 Some(addr) => addr,
                 // Retrying after a failed connect with nowhere else to go: the
                 // answer is about the failed connect (502), not 503.
-                None if !ctx.tried.is_empty() => {
+                None if !ctx.failed.is_empty() => {
                     return Err(Error::explain(
                         ErrorType::ConnectRefused,
                         "no other endpoint to retry on",
@@ -614,6 +666,13 @@ impl ProxyHttp for PierProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let entry = ctx.entry.clone().ok_or_else(|| error(500))?;
+        if let Some(normalized) = ctx.normalized_path.clone() {
+            let pq = match upstream.uri.query() {
+                Some(q) => format!("{normalized}?{q}"),
+                None => normalized,
+            };
+            upstream.set_uri(pq.parse().map_err(|_| error(400))?);
+        }
         let path = upstream.uri.path().to_string();
         for filter in &entry.filters {
             match filter {
@@ -693,16 +752,12 @@ impl ProxyHttp for PierProxy {
     ) -> Box<Error> {
         if let Some(addr) = peer.address().as_inet() {
             self.shared.balancer.connect_failed(*addr);
+            ctx.failed.push(*addr);
         }
-        self.shared
-            .metrics
-            .upstream_errors
-            .with_label_values(&["connect"])
-            .inc();
-        // One retry, on another endpoint (upstream_peer excludes those tried).
-        if ctx.tried.len() < 2 {
-            e.set_retry(true);
-        }
+        ctx.connect_failures += 1;
+        // One retry, on another endpoint (upstream_peer avoids failed ones);
+        // counted in fail_to_proxy if the request fails for good.
+        e.set_retry(ctx.connect_failures < 2);
         e
     }
 
@@ -839,6 +894,62 @@ mod tests {
         assert_eq!(rewrite_prefix("/api/x", "/api", "/"), "/x");
         assert_eq!(rewrite_prefix("/x/y", "/", "/pre"), "/pre/x/y");
         assert_eq!(rewrite_prefix("/api/", "/api", "/v2"), "/v2");
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_before_routing() {
+        assert_eq!(normalize_path("/a/b"), None);
+        assert_eq!(normalize_path("/x/../admin").as_deref(), Some("/admin"));
+        assert_eq!(normalize_path("/x/%2e%2e/admin").as_deref(), Some("/admin"));
+        assert_eq!(
+            normalize_path("/x/%2E%2E/%2e/admin/").as_deref(),
+            Some("/admin/")
+        );
+        assert_eq!(normalize_path("/../../etc").as_deref(), Some("/etc"));
+        assert_eq!(normalize_path("/a/b/..").as_deref(), Some("/a/"));
+        assert_eq!(normalize_path("/a/./b").as_deref(), Some("/a/b"));
+    }
+
+    #[test]
+    fn redirects_keep_the_listener_port_unless_told_otherwise() {
+        let entry = HttpRouteEntry {
+            source: pier_snapshot::RouteSource {
+                kind: "HTTPRoute".into(),
+                namespace: "d".into(),
+                name: "r".into(),
+                rule: 0,
+                rule_name: None,
+                match_index: 0,
+            },
+            matcher: Default::default(),
+            filters: vec![],
+            action: RouteAction::Respond {
+                status: 200,
+                reason: String::new(),
+            },
+            timeouts: Default::default(),
+        };
+        let r = Redirect {
+            status: 302,
+            ..Default::default()
+        };
+        assert_eq!(
+            redirect_location(&r, &entry, false, 8080, "example.com", "/p", None),
+            "http://example.com:8080/p"
+        );
+        assert_eq!(
+            redirect_location(&r, &entry, false, 80, "example.com:80", "/p", Some("q=1")),
+            "http://example.com/p?q=1"
+        );
+        let r = Redirect {
+            scheme: Some("https".into()),
+            status: 301,
+            ..Default::default()
+        };
+        assert_eq!(
+            redirect_location(&r, &entry, false, 8080, "example.com:8080", "/p", None),
+            "https://example.com/p"
+        );
     }
 
     #[test]

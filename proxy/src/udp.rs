@@ -16,6 +16,9 @@ use tokio::net::UdpSocket;
 
 const FLOW_IDLE: Duration = Duration::from_secs(60);
 const MAX_DATAGRAM: usize = 65_535;
+/// Flows per listener; datagrams from new clients beyond it are dropped, so
+/// spoofed sources cannot exhaust file descriptors or memory.
+const MAX_FLOWS: usize = 16_384;
 
 pub struct UdpForwarder {
     pub listen: SocketAddr,
@@ -78,6 +81,10 @@ impl BackgroundService for UdpForwarder {
             let flow = match existing {
                 Some(f) => f,
                 None => {
+                    if flows.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_FLOWS {
+                        tracing::debug!(%client, "UDP flow table full; datagram dropped");
+                        continue;
+                    }
                     let Some(f) = self.open_flow().await else {
                         tracing::debug!(%client, port = self.listen.port(), "no UDP route or endpoint; datagram dropped");
                         continue;

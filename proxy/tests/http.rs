@@ -371,3 +371,41 @@ async fn round_robin_and_consistent_hash_follow_the_service_annotations() {
     }
     assert!(used.len() >= 2, "keys spread over endpoints: {used:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_segments_cannot_dodge_a_route() {
+    let (admin, public) = (echo("admin"), echo("public"));
+    let port = free_port();
+    let manifests = format!(
+        "{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n\
+         \x20 - matches: [{{path: {{type: PathPrefix, value: /admin}}}}]\n    backendRefs: [{{name: admin, port: 80}}]\n\
+         \x20 - backendRefs: [{{name: public, port: 80}}]\n",
+        http_gateway(port),
+        service("admin", admin.port, None),
+        service("public", public.port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[port], &[]);
+    for path in [
+        "/x/../admin/panel",
+        "/x/%2e%2e/admin/panel",
+        "/./admin/panel",
+    ] {
+        // Raw request: HTTP clients would normalise the path themselves.
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: n.test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let body = out.split_once("\r\n\r\n").unwrap().1;
+        let seen = echoed(body);
+        assert_eq!(seen["server"], "admin", "{path}");
+        assert_eq!(
+            seen["path"], "/admin/panel",
+            "{path}: the upstream gets the normalised path"
+        );
+    }
+}
