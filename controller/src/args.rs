@@ -36,6 +36,14 @@ pub enum Command {
         #[command(flatten)]
         source: Source,
     },
+    /// Stream snapshots to data planes (full on connect, then deltas).
+    Serve {
+        #[command(flatten)]
+        source: Source,
+        /// Address data planes connect to.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 #[derive(clap::Args, Debug)]

@@ -3,6 +3,7 @@
 
 mod args;
 mod explain;
+mod serve;
 
 use anyhow::{Context, Result};
 use args::{Args, Command, Output};
@@ -48,6 +49,9 @@ fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Watch { source } => watch(source),
+        Command::Serve { source, listen } => {
+            serve::serve(&source.manifests, listen, source.options())
+        }
     }
 }
 

@@ -16,6 +16,9 @@ pub struct Args {
     /// Folder of manifests to serve (standalone mode); watched for changes.
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
+    /// The controller's snapshot stream (`pier-controller serve`), instead of --manifests.
+    #[arg(long, value_name = "ADDR", conflicts_with = "manifests")]
+    pub controller: Option<SocketAddr>,
     /// Address of the admin endpoint (/healthz, /readyz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,

@@ -11,5 +11,6 @@ pub mod l4;
 pub mod metrics;
 pub mod routing;
 pub mod service;
+pub mod stream;
 pub mod tls;
 pub mod udp;

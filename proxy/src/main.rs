@@ -65,23 +65,18 @@ fn echo_service(listen: &str, name: &str) -> Service<HttpServer<Echo>> {
     service
 }
 
-fn run(args: Args) -> Result<()> {
-    if let Some(Command::Echo { listen, name }) = &args.command {
-        let mut server = Server::new_with_opt_and_conf(None, server_conf(&args));
-        server.bootstrap();
-        server.add_service(echo_service(&listen.to_string(), name));
-        server.run_forever();
-    }
-    let Some(dir) = args.manifests.clone() else {
-        bail!("--manifests DIR is required (the controller stream is not implemented yet)");
-    };
+/// Standalone source: translate the folder in-process and follow its changes.
+fn serve_manifests(
+    args: &Args,
+    dir: &std::path::Path,
+    shared: &Arc<Shared>,
+) -> Result<(Snapshot, notify::RecommendedWatcher)> {
     let options = TranslateOptions {
         ingress_http_port: args.ingress_http_port,
         ingress_https_port: args.ingress_https_port,
         ..Default::default()
     };
-    let shared = Arc::new(Shared::default());
-    let state = pier_manifests::load_dir(&dir)
+    let state = pier_manifests::load_dir(dir)
         .map_err(anyhow::Error::new)
         .context("cannot load manifests")?;
     let first = translate(&state, &options);
@@ -94,28 +89,54 @@ fn run(args: Args) -> Result<()> {
     shared
         .install(snapshot.clone())
         .map_err(|e| anyhow::anyhow!("the manifests do not make a valid snapshot: {}", e.0))?;
-
     // Hot reload: every change of the folder becomes the next snapshot.
-    let watcher = {
-        let shared = shared.clone();
-        let current = current.clone();
-        let options = options.clone();
-        pier_manifests::watch_with_settle(&dir, std::time::Duration::from_millis(args.reload_settle_ms), move |loaded| match loaded {
-            Ok(state) => {
-                let out = translate(&state, &options);
-                let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
-                let diff = cur.advance(out.snapshot);
-                if !diff.is_empty() {
-                    let _ = shared.install(cur.clone());
-                }
+    let shared = shared.clone();
+    let watcher = pier_manifests::watch_with_settle(dir, std::time::Duration::from_millis(args.reload_settle_ms), move |loaded| match loaded {
+        Ok(state) => {
+            let out = translate(&state, &options);
+            let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
+            if !cur.advance(out.snapshot).is_empty() {
+                let _ = shared.install(cur.clone());
             }
-            Err(errors) => {
-                for e in &errors.0 {
-                    tracing::error!(file = %e.file.display(), line = e.line, message = %e.message, "manifest rejected; keeping the last good snapshot");
-                }
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                tracing::error!(file = %e.file.display(), line = e.line, message = %e.message, "manifest rejected; keeping the last good snapshot");
             }
-        })
-        .context("cannot watch the manifest folder")?
+        }
+    })
+    .context("cannot watch the manifest folder")?;
+    Ok((snapshot, watcher))
+}
+
+fn run(args: Args) -> Result<()> {
+    if let Some(Command::Echo { listen, name }) = &args.command {
+        let mut server = Server::new_with_opt_and_conf(None, server_conf(&args));
+        server.bootstrap();
+        server.add_service(echo_service(&listen.to_string(), name));
+        server.run_forever();
+    }
+    let shared = Arc::new(Shared::default());
+    let (snapshot, watcher) = match (&args.manifests, args.controller) {
+        (Some(dir), None) => {
+            let (snapshot, watcher) = serve_manifests(&args, dir, &shared)?;
+            (snapshot, Some(watcher))
+        }
+        (None, Some(addr)) => {
+            // Listener ports come from the first snapshot: wait for it.
+            let (first, stream) = pier_proxy::stream::fetch_full_retrying(addr);
+            shared
+                .install(first.clone())
+                .map_err(|e| anyhow::anyhow!("the controller's snapshot is not valid: {}", e.0))?;
+            let follower = shared.clone();
+            let base = first.clone();
+            std::thread::Builder::new()
+                .name("pier-snapshot-stream".into())
+                .spawn(move || pier_proxy::stream::follow(addr, follower, stream, base))
+                .context("starting the stream thread")?;
+            (first, None)
+        }
+        _ => bail!("give exactly one snapshot source: --manifests DIR or --controller ADDR"),
     };
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&args));

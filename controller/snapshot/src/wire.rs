@@ -193,3 +193,37 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("postcard encoding into a Vec")
 }
+
+/// Largest frame a reader accepts (a full snapshot of a large cluster fits).
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// Writes one length-prefixed frame (u32 little-endian length, then the bytes).
+pub fn write_frame(out: &mut impl std::io::Write, message: &Message) -> std::io::Result<()> {
+    let bytes = encode(message);
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&bytes)?;
+    out.flush()
+}
+
+/// Reads one length-prefixed frame. `Ok(None)` at a clean end of stream.
+pub fn read_frame(input: &mut impl std::io::Read) -> std::io::Result<Option<Message>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {MAX_FRAME}"),
+        ));
+    }
+    let mut bytes = vec![0u8; len];
+    input.read_exact(&mut bytes)?;
+    decode(&bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
