@@ -29,6 +29,23 @@ fn manifests(port: u16) -> String {
     )
 }
 
+/// Polls a client in the sandbox cgroup until the ClusterIP 127.96.1.1:80 answers `want`.
+fn answer_becomes(sandbox: &Sandbox, want: &str, log: &std::path::Path) {
+    let ask = "import socket\ntry:\n    print(socket.create_connection((\"127.96.1.1\", 80), timeout=2).recv(100).decode())\nexcept OSError as e:\n    print(\"error\", e.errno)\n";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = sandbox.run_python(ask);
+        if out.trim() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never got {want:?} (last: {out:?}); agent log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+}
+
 struct Kill(std::process::Child);
 
 impl Drop for Kill {
@@ -64,21 +81,7 @@ fn the_agent_programs_manifests_and_follows_changes() {
         )
     };
     let agent = spawn_agent();
-    let ask = "import socket\ntry:\n    print(socket.create_connection((\"127.96.1.1\", 80), timeout=2).recv(100).decode())\nexcept OSError as e:\n    print(\"error\", e.errno)\n";
-    let wait_for = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, out, _) = sandbox.run_python(ask);
-            if out.trim() == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never got {want:?} (last: {out:?}); agent log:\n{}",
-                std::fs::read_to_string(log.path()).unwrap_or_default()
-            );
-        }
-    };
+    let wait_for = |want: &str| answer_becomes(&sandbox, want, log.path());
     wait_for("backend-one");
     std::fs::write(dir.path().join("web.yaml"), manifests(two)).unwrap();
     wait_for("backend-two");
@@ -201,4 +204,54 @@ fn the_health_check_node_port_reports_local_endpoints() {
         }
         assert!(Instant::now() < deadline, "still healthy: {answer}");
     }
+}
+
+#[test]
+fn the_agent_follows_the_controller_stream() {
+    if !privileged() {
+        return;
+    }
+    let controller_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_pier-agent"))
+        .with_file_name("pier-controller");
+    assert!(
+        controller_bin.exists(),
+        "{} missing: run `cargo test --workspace`",
+        controller_bin.display()
+    );
+    let sandbox = Sandbox::new("stream");
+    let (one, two) = (backend("stream-one"), backend("stream-two"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), manifests(one)).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _controller = Kill(
+        Command::new(&controller_bin)
+            .args(["serve", "--manifests"])
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _agent = Kill(
+        Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+            .args(["--controller", &format!("127.0.0.1:{port}")])
+            .arg("--cgroup")
+            .arg(&sandbox.cgroup)
+            .arg("--pin-dir")
+            .arg(sandbox.bpffs.join("pier"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let no_log = tempfile::NamedTempFile::new().unwrap();
+    let wait_for = |want: &str| answer_becomes(&sandbox, want, no_log.path());
+    wait_for("stream-one");
+    std::fs::write(dir.path().join("web.yaml"), manifests(two)).unwrap();
+    wait_for("stream-two");
 }

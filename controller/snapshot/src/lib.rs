@@ -13,6 +13,7 @@ mod diff;
 mod l7;
 mod policies;
 mod services;
+pub mod stream;
 mod validate;
 mod wire;
 
