@@ -220,6 +220,23 @@ impl Balancer {
         Some((chosen.0, InFlight(chosen.1.clone())))
     }
 
+    /// Forgets endpoints and backend sets no longer in the snapshot (keeps
+    /// the tables from growing with every pod IP ever seen).
+    pub fn prune(
+        &self,
+        endpoints: &std::collections::HashSet<SocketAddr>,
+        backend_keys: &std::collections::HashSet<&str>,
+    ) {
+        self.stats
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|addr, _| endpoints.contains(addr));
+        self.cursors
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|key, _| backend_keys.contains(key.as_str()));
+    }
+
     pub fn connect_failed(&self, addr: SocketAddr) {
         let s = self.stats(addr);
         let failures = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -323,6 +340,19 @@ mod tests {
         let owned = before.iter().filter(|x| **x == gone).count();
         assert_eq!(moved, owned, "only the removed endpoint's keys move");
         assert!((150..350).contains(&owned), "keys spread evenly: {owned}");
+    }
+
+    #[test]
+    fn pruning_forgets_endpoints_that_left() {
+        let b = Balancer::default();
+        let s = set(3);
+        for _ in 0..20 {
+            b.pick_with(&s, &[], Choice::RoundRobin("k"));
+        }
+        let keep: std::collections::HashSet<SocketAddr> = ["10.0.0.1:80".parse().unwrap()].into();
+        b.prune(&keep, &std::collections::HashSet::new());
+        assert_eq!(b.stats.read().unwrap().len(), 1);
+        assert!(b.cursors.read().unwrap().is_empty());
     }
 
     #[test]

@@ -155,6 +155,25 @@ impl Shared {
                     // After the log line, so whoever sees the metric also finds the reason.
                     self.metrics.pending_listeners.set(pending.len() as i64);
                 }
+                let endpoints = routing
+                    .snapshot
+                    .backends
+                    .data
+                    .values()
+                    .flat_map(|set| {
+                        set.endpoints
+                            .iter()
+                            .map(|e| std::net::SocketAddr::new(e.address, e.port))
+                    })
+                    .collect();
+                let keys = routing
+                    .snapshot
+                    .backends
+                    .data
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                self.balancer.prune(&endpoints, &keys);
                 self.routing.store(Some(Arc::new(routing)));
                 self.metrics.swaps.inc();
                 self.metrics.routes_version.set(versions.0 as i64);
