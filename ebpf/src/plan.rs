@@ -52,6 +52,15 @@ impl Ids {
         ids
     }
 
+    /// Forgets ids nothing in `state` uses (services and endpoints that left),
+    /// so a long-running agent does not grow with every pod ever seen. Ids are
+    /// never reused: the counters only go up.
+    fn retain_used(&mut self, used_services: &std::collections::BTreeSet<u32>, state: &MapState) {
+        self.services.retain(|_, id| used_services.contains(id));
+        self.backends
+            .retain(|_, id| state.backends.contains_key(id));
+    }
+
     fn service(&mut self, name: &str) -> u32 {
         if let Some(id) = self.services.get(name) {
             return *id;
@@ -258,6 +267,9 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
         };
         add_view(&mut state, ids, svc, view, node);
     }
+    let used: std::collections::BTreeSet<u32> =
+        state.services.values().map(|s| s.service_id).collect();
+    ids.retain_used(&used, &state);
     state
 }
 
