@@ -179,8 +179,12 @@ fn cors_policy(entry: &HttpRouteEntry) -> Option<&CorsPolicy> {
 /// RFC 3986 §5.2.4 dot-segment removal, with percent-encoded dots decoded
 /// first. Returns None when the path is already normal (the common case).
 fn normalize_path(path: &str) -> Option<String> {
-    let lower = path.to_ascii_lowercase();
-    let suspicious = path.split('/').any(|s| s == "." || s == "..") || lower.contains("%2e");
+    // Checked on every request: no allocation unless something needs fixing.
+    let encoded_dot = path
+        .as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'e');
+    let suspicious = encoded_dot || path.split('/').any(|s| s == "." || s == "..");
     if !suspicious {
         return None;
     }

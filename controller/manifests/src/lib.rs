@@ -158,6 +158,27 @@ impl Loader {
         });
     }
 
+    /// A parser error, with its line (and the lines it mentions) counted in the file.
+    fn parse_error(
+        &mut self,
+        file: &Path,
+        doc: &Document<'_>,
+        what: &str,
+        e: &serde_yaml_ng::Error,
+    ) {
+        let line = e
+            .location()
+            .map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
+        self.error(
+            file,
+            line,
+            format!(
+                "{what}: {}",
+                shift_lines(&e.to_string(), doc.first_line - 1)
+            ),
+        );
+    }
+
     fn parse(&mut self, file: &Path, text: &str, state: &mut ClusterState) {
         for doc in split_documents(text) {
             self.parse_document(file, &doc, state);
@@ -168,17 +189,7 @@ impl Loader {
         let value: serde_json::Value = match serde_yaml_ng::from_str(doc.text) {
             Ok(v) => v,
             Err(e) => {
-                let line = e
-                    .location()
-                    .map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
-                self.error(
-                    file,
-                    line,
-                    format!(
-                        "invalid YAML: {}",
-                        shift_lines(&e.to_string(), doc.first_line - 1)
-                    ),
-                );
+                self.parse_error(file, doc, "invalid YAML", &e);
                 return;
             }
         };
@@ -261,17 +272,7 @@ impl Loader {
         let mut object: T = match serde_yaml_ng::from_str(doc.text) {
             Ok(o) => o,
             Err(e) => {
-                let line = e
-                    .location()
-                    .map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
-                self.error(
-                    file,
-                    line,
-                    format!(
-                        "invalid {kind}: {}",
-                        shift_lines(&e.to_string(), doc.first_line - 1)
-                    ),
-                );
+                self.parse_error(file, doc, &format!("invalid {kind}"), &e);
                 return None;
             }
         };

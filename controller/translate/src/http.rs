@@ -121,36 +121,24 @@ fn header_edits(
     }
 }
 
-fn request_edits(m: &HttpRouteRulesFiltersRequestHeaderModifier) -> HeaderEdits {
-    header_edits(
-        m.set.as_ref().map(|v| {
-            v.iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect()
-        }),
-        m.add.as_ref().map(|v| {
-            v.iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect()
-        }),
-        m.remove.clone(),
-    )
-}
-
-fn response_edits(m: &HttpRouteRulesFiltersResponseHeaderModifier) -> HeaderEdits {
-    header_edits(
-        m.set.as_ref().map(|v| {
-            v.iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect()
-        }),
-        m.add.as_ref().map(|v| {
-            v.iter()
-                .map(|h| (h.name.clone(), h.value.clone()))
-                .collect()
-        }),
-        m.remove.clone(),
-    )
+/// Request and response header modifiers are distinct generated types with
+/// the same fields.
+macro_rules! edits_of {
+    ($m:expr) => {
+        header_edits(
+            $m.set.as_ref().map(|v| {
+                v.iter()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect()
+            }),
+            $m.add.as_ref().map(|v| {
+                v.iter()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect()
+            }),
+            $m.remove.clone(),
+        )
+    };
 }
 
 fn path_rewrite(
@@ -231,16 +219,12 @@ fn compile_filters(
         };
         match f.r#type {
             HttpRouteRulesFiltersType::RequestHeaderModifier => match &f.request_header_modifier {
-                Some(m) => out
-                    .filters
-                    .push(HttpFilter::RequestHeaders(request_edits(m))),
+                Some(m) => out.filters.push(HttpFilter::RequestHeaders(edits_of!(m))),
                 None => missing(problems),
             },
             HttpRouteRulesFiltersType::ResponseHeaderModifier => {
                 match &f.response_header_modifier {
-                    Some(m) => out
-                        .filters
-                        .push(HttpFilter::ResponseHeaders(response_edits(m))),
+                    Some(m) => out.filters.push(HttpFilter::ResponseHeaders(edits_of!(m))),
                     None => missing(problems),
                 }
             }

@@ -262,46 +262,25 @@ fn an_endpoint_change_touches_only_its_service() {
 
 #[test]
 fn ids_of_services_and_endpoints_that_left_are_forgotten_but_never_reused() {
-    let mut ids = Ids::default();
-    let first = plan(
-        &snapshot(vec![
-            (
-                service("web", [10, 96, 0, 1]),
-                vec![ep(1, "n", "z", true, false)],
-            ),
-            (
-                service("old", [10, 96, 0, 2]),
-                vec![ep(2, "n", "z", true, false)],
-            ),
-        ]),
-        &node(),
-        &mut ids,
-    );
-    let old_id = first.services[&key([10, 96, 0, 2], 80, SCOPE_CLUSTER)].service_id;
-    plan(
-        &snapshot(vec![(
+    let web = || {
+        (
             service("web", [10, 96, 0, 1]),
             vec![ep(1, "n", "z", true, false)],
-        )]),
-        &node(),
-        &mut ids,
-    );
+        )
+    };
+    let old = || {
+        (
+            service("old", [10, 96, 0, 2]),
+            vec![ep(2, "n", "z", true, false)],
+        )
+    };
+    let mut ids = Ids::default();
+    let first = plan(&snapshot(vec![web(), old()]), &node(), &mut ids);
+    let old_id = first.services[&key([10, 96, 0, 2], 80, SCOPE_CLUSTER)].service_id;
+    plan(&snapshot(vec![web()]), &node(), &mut ids);
     assert_eq!(ids.services.len(), 1);
     assert_eq!(ids.backends.len(), 1);
-    let again = plan(
-        &snapshot(vec![
-            (
-                service("web", [10, 96, 0, 1]),
-                vec![ep(1, "n", "z", true, false)],
-            ),
-            (
-                service("old", [10, 96, 0, 2]),
-                vec![ep(2, "n", "z", true, false)],
-            ),
-        ]),
-        &node(),
-        &mut ids,
-    );
+    let again = plan(&snapshot(vec![web(), old()]), &node(), &mut ids);
     assert!(
         again.services[&key([10, 96, 0, 2], 80, SCOPE_CLUSTER)].service_id > old_id,
         "a returning service gets a fresh id"
