@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["sock"];
+const PROGRAMS: &[&str] = &["sock", "nodeport"];
 
 fn clang() -> String {
     for candidate in [

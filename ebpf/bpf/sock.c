@@ -32,11 +32,24 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx, int remember)
 	};
 	const struct pier_lb4_service *svc;
 	const struct pier_lb4_backend *backend;
+	__u32 backend_id;
 
 	svc = bpf_map_lookup_elem(&pier_lb4_services, &key);
+	if (!svc) {
+		/* A NodePort reached from this node: on one of its addresses, or
+		 * on loopback (any 127.x), which the wildcard entry stands for. */
+		key.scope = PIER_SCOPE_NODEPORT;
+		svc = bpf_map_lookup_elem(&pier_lb4_services, &key);
+		if (!svc && (bpf_ntohl(key.address) >> 24) == 127) {
+			key.address = 0;
+			svc = bpf_map_lookup_elem(&pier_lb4_services, &key);
+			key.address = ctx->user_ip4;
+		}
+	}
 	if (!svc)
 		return SYS_PROCEED; /* not a service: leave it alone */
-	backend = pier_lb4_pick(svc, bpf_get_netns_cookie(ctx));
+	/* A random hash: a NodePort's Maglev table is for flows from outside. */
+	backend = pier_lb4_pick(svc, bpf_get_netns_cookie(ctx), bpf_get_prandom_u32(), &backend_id);
 	if (!backend)
 		return SYS_REJECT; /* a service without endpoints refuses at once */
 	if (remember) {

@@ -15,6 +15,9 @@ pub mod plan;
 /// The socket-LB object (cgroup connect4 / sendmsg4 / recvmsg4 / getpeername4).
 pub static SOCK_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sock.o"));
 
+/// The tc object (NodePort / LB IP / externalIP from outside, conntrack).
+pub static NODEPORT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nodeport.o"));
+
 #[cfg(test)]
 mod tests {
     #[test]

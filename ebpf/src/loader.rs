@@ -5,7 +5,7 @@ use crate::maps::*;
 use crate::plan::MapOp;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -45,6 +45,10 @@ mod pod {
     unsafe impl aya::Pod for Lb4Backend {}
     unsafe impl aya::Pod for Lb4RevNatKey {}
     unsafe impl aya::Pod for Lb4RevNat {}
+    unsafe impl aya::Pod for Lb4Maglev {}
+    unsafe impl aya::Pod for Ct4Key {}
+    unsafe impl aya::Pod for Ct4Entry {}
+    unsafe impl aya::Pod for Config {}
 }
 
 const SOCK_PROGRAMS: [&str; 4] = [
@@ -53,6 +57,37 @@ const SOCK_PROGRAMS: [&str; 4] = [
     "pier_sock_recvmsg4",
     "pier_sock_getpeername4",
 ];
+
+const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("pier_nodeport_ingress", TcAttachType::Ingress),
+    ("pier_nodeport_egress", TcAttachType::Egress),
+];
+
+/// Map capacities (`max_entries`), set when the maps are first created. Maps
+/// already pinned keep the size they were created with: changing a size
+/// takes `pier-agent uninstall` first.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSizes {
+    /// Service addresses (ClusterIP, NodePort, external / LB IP × port).
+    pub services: u32,
+    /// Backends, and service → backend slots.
+    pub backends: u32,
+    /// Conntrack entries for traffic from outside (LRU).
+    pub conntrack: u32,
+    /// Services reached from outside (one Maglev table each, 64 KiB).
+    pub maglev_tables: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            services: 65_536,
+            backends: 1_048_576,
+            conntrack: 262_144,
+            maglev_tables: 1_024,
+        }
+    }
+}
 
 /// The cgroup v2 mount point, from /proc/mounts (never hard-coded).
 pub fn cgroup2_root() -> Option<PathBuf> {
@@ -102,46 +137,62 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Detaches the hooks (unpins their links) and removes the pinned maps.
-pub fn uninstall(pin_dir: &Path) -> Result<(), AgentError> {
-    for name in SOCK_PROGRAMS {
-        let link_pin = pin_dir.join(format!("link_{name}"));
-        if link_pin.exists() {
-            let link = PinnedLink::from_pin(&link_pin).map_err(|e| err(name)(&e))?;
-            drop(link.unpin().map_err(|e| err(name)(&e))?);
-        }
-    }
-    if pin_dir.exists() {
-        std::fs::remove_dir_all(pin_dir).map_err(|e| err("removing the pinned maps")(&e))?;
-    }
-    Ok(())
+fn loader(pin_dir: &Path, sizes: &MapSizes) -> Result<EbpfLoader<'static>, AgentError> {
+    ensure_bpffs(pin_dir)?;
+    std::fs::create_dir_all(pin_dir).map_err(|e| err("creating the pin directory")(&e))?;
+    let mut loader = EbpfLoader::new();
+    loader
+        .default_map_pin_directory(pin_dir)
+        .map_max_entries(MAP_LB4_SERVICES, sizes.services)
+        .map_max_entries(MAP_LB4_SLOTS, sizes.backends)
+        .map_max_entries(MAP_LB4_BACKENDS, sizes.backends)
+        .map_max_entries(MAP_CT4, sizes.conntrack)
+        .map_max_entries(MAP_LB4_MAGLEV, sizes.maglev_tables);
+    Ok(loader)
 }
 
-/// The socket-LB programs attached to one cgroup, and their maps.
+/// Where the link of `program` (on `interface`, for tc programs) is pinned.
+fn link_pin(pin_dir: &Path, program: &str, interface: Option<&str>) -> PathBuf {
+    match interface {
+        Some(i) => pin_dir.join(format!("link_{program}@{i}")),
+        None => pin_dir.join(format!("link_{program}")),
+    }
+}
+
+/// Detaches every hook (unpins all pinned links) and removes the pinned maps.
+pub fn uninstall(pin_dir: &Path) -> Result<(), AgentError> {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("link_") {
+            let link = PinnedLink::from_pin(entry.path()).map_err(|e| err(&name)(&e))?;
+            drop(link.unpin().map_err(|e| err(&name)(&e))?);
+        }
+    }
+    std::fs::remove_dir_all(pin_dir).map_err(|e| err("removing the pinned maps")(&e))
+}
+
+/// The socket-LB programs attached to one cgroup. The hooks live in pinned
+/// links, so they stay attached when this object (or the agent) goes away.
 pub struct SockLb {
-    // The hooks live in pinned links (see `attach`), not in this object.
     _ebpf: Ebpf,
-    services: BpfHashMap<MapData, Lb4Key, Lb4Service>,
-    slots: BpfHashMap<MapData, Lb4SlotKey, u32>,
-    backends: BpfHashMap<MapData, u32, Lb4Backend>,
 }
 
 impl SockLb {
     /// Loads the programs, pins their maps under `pin_dir` (reusing maps
     /// already pinned there) and attaches the hooks to `cgroup`.
-    pub fn attach(pin_dir: &Path, cgroup: &Path) -> Result<SockLb, AgentError> {
-        ensure_bpffs(pin_dir)?;
-        std::fs::create_dir_all(pin_dir).map_err(|e| err("creating the pin directory")(&e))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
+    pub fn attach(pin_dir: &Path, cgroup: &Path, sizes: &MapSizes) -> Result<SockLb, AgentError> {
+        let mut ebpf = loader(pin_dir, sizes)?
             .load(crate::SOCK_OBJECT)
             .map_err(|e| err("loading sock.o")(&e))?;
         let cgroup_fd = File::open(cgroup).map_err(|e| err("opening the cgroup")(&e))?;
         for name in SOCK_PROGRAMS {
             // A link pinned by a previous agent keeps the hook attached while the
             // agent restarts; it is kept (the maps it reads are the pinned ones).
-            let link_pin = pin_dir.join(format!("link_{name}"));
-            if link_pin.exists() {
+            let pin = link_pin(pin_dir, name, None);
+            if pin.exists() {
                 continue;
             }
             let program: &mut CgroupSockAddr = ebpf
@@ -155,23 +206,105 @@ impl SockLb {
                 .map_err(|e| err(name)(&e))?;
             let link = program.take_link(link_id).map_err(|e| err(name)(&e))?;
             let fd_link: FdLink = link.try_into().map_err(|e| err(name)(&e))?;
-            fd_link.pin(&link_pin).map_err(|e| err(name)(&e))?;
+            fd_link.pin(&pin).map_err(|e| err(name)(&e))?;
         }
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| AgentError(format!("map {name} missing from sock.o")))
-        };
-        let services =
-            BpfHashMap::try_from(take(MAP_LB4_SERVICES)?).map_err(|e| err(MAP_LB4_SERVICES)(&e))?;
-        let slots =
-            BpfHashMap::try_from(take(MAP_LB4_SLOTS)?).map_err(|e| err(MAP_LB4_SLOTS)(&e))?;
-        let backends =
-            BpfHashMap::try_from(take(MAP_LB4_BACKENDS)?).map_err(|e| err(MAP_LB4_BACKENDS)(&e))?;
-        Ok(SockLb {
-            _ebpf: ebpf,
-            services,
-            slots,
-            backends,
+        Ok(SockLb { _ebpf: ebpf })
+    }
+}
+
+/// The tc programs for traffic from outside (NodePort, LB IPs, externalIPs).
+pub struct NodePortLb {
+    ebpf: Ebpf,
+}
+
+impl NodePortLb {
+    /// Loads the programs (sharing the pinned maps) and writes `config`,
+    /// without attaching them anywhere (see [`NodePortLb::attach`]).
+    pub fn load(
+        pin_dir: &Path,
+        sizes: &MapSizes,
+        config: &Config,
+    ) -> Result<NodePortLb, AgentError> {
+        let mut ebpf = loader(pin_dir, sizes)?
+            .load(crate::NODEPORT_OBJECT)
+            .map_err(|e| err("loading nodeport.o")(&e))?;
+        for (name, _) in TC_PROGRAMS {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| AgentError(format!("program {name} missing from nodeport.o")))?
+                .try_into()
+                .map_err(|e| err(name)(&e))?;
+            program.load().map_err(|e| err(name)(&e))?;
+        }
+        let map = ebpf
+            .map_mut(MAP_CONFIG)
+            .ok_or_else(|| AgentError(format!("map {MAP_CONFIG} missing")))?;
+        let mut array: aya::maps::Array<_, Config> =
+            aya::maps::Array::try_from(map).map_err(|e| err(MAP_CONFIG)(&e))?;
+        array.set(0, config, 0).map_err(|e| err(MAP_CONFIG)(&e))?;
+        Ok(NodePortLb { ebpf })
+    }
+
+    /// Attaches ingress and egress programs to `interface` (TCX links,
+    /// pinned). A link pinned by a previous agent is updated in place to the
+    /// new programs: an upgrade swaps the code without a moment detached.
+    pub fn attach(&mut self, pin_dir: &Path, interface: &str) -> Result<(), AgentError> {
+        for (name, direction) in TC_PROGRAMS {
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| AgentError(format!("program {name} missing")))?
+                .try_into()
+                .map_err(|e| err(name)(&e))?;
+            let pin = link_pin(pin_dir, name, Some(interface));
+            let what = format!("{name} on {interface}");
+            if pin.exists() {
+                let old = PinnedLink::from_pin(&pin).map_err(|e| err(&what)(&e))?;
+                let link = FdLink::from(old).try_into().map_err(|e| err(&what)(&e))?;
+                program.attach_to_link(link).map_err(|e| err(&what)(&e))?;
+                continue;
+            }
+            // Kernels without TCX need the clsact qdisc; it may already be there.
+            let _ = aya::programs::tc::qdisc_add_clsact(interface);
+            let id = program
+                .attach(interface, direction)
+                .map_err(|e| err(&what)(&e))?;
+            let link = program.take_link(id).map_err(|e| err(&what)(&e))?;
+            let fd_link: FdLink = link.try_into().map_err(|e| err(&what)(&e))?;
+            fd_link.pin(&pin).map_err(|e| err(&what)(&e))?;
+        }
+        Ok(())
+    }
+
+    /// The loaded program `name`, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program_fd(&self, name: &str) -> Result<std::os::fd::BorrowedFd<'_>, AgentError> {
+        let program: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .ok_or_else(|| AgentError(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| err(name)(&e))?;
+        use std::os::fd::AsFd;
+        Ok(program.fd().map_err(|e| err(name)(&e))?.as_fd())
+    }
+}
+
+/// The service maps, opened from their pins, and the writes that keep them
+/// in step with the plan.
+pub struct LbMaps {
+    services: BpfHashMap<MapData, Lb4Key, Lb4Service>,
+    slots: BpfHashMap<MapData, Lb4SlotKey, u32>,
+    backends: BpfHashMap<MapData, u32, Lb4Backend>,
+    maglev: BpfHashMap<MapData, u32, Lb4Maglev>,
+}
+
+impl LbMaps {
+    pub fn open(pin_dir: &Path) -> Result<LbMaps, AgentError> {
+        Ok(LbMaps {
+            services: open_pinned(pin_dir, MAP_LB4_SERVICES)?,
+            slots: open_pinned(pin_dir, MAP_LB4_SLOTS)?,
+            backends: open_pinned(pin_dir, MAP_LB4_BACKENDS)?,
+            maglev: open_pinned(pin_dir, MAP_LB4_MAGLEV)?,
         })
     }
 
@@ -181,8 +314,20 @@ impl SockLb {
             let result = match op {
                 MapOp::PutBackend(id, b) => self.backends.insert(id, b, 0),
                 MapOp::PutSlot(k, v) => self.slots.insert(k, v, 0),
+                MapOp::PutMaglev(id, spec) => {
+                    let table = spec
+                        .table()
+                        .map_err(|e| AgentError(format!("{op:?}: {e}")))?;
+                    let mut value = Box::new(Lb4Maglev {
+                        backend_ids: [0; MAGLEV_MAX],
+                    });
+                    let n = table.len().min(MAGLEV_MAX);
+                    value.backend_ids[..n].copy_from_slice(&table[..n]);
+                    self.maglev.insert(id, *value, 0)
+                }
                 MapOp::PutService(k, v) => self.services.insert(k, v, 0),
                 MapOp::DeleteService(k) => self.services.remove(k),
+                MapOp::DeleteMaglev(id) => self.maglev.remove(id),
                 MapOp::DeleteSlot(k) => self.slots.remove(k),
                 MapOp::DeleteBackend(id) => self.backends.remove(id),
             };
@@ -225,6 +370,17 @@ pub fn read_pinned(pin_dir: &Path) -> Result<crate::plan::MapState, AgentError> 
         let (k, v) = entry.map_err(|e| err(MAP_LB4_BACKENDS)(&e))?;
         state.backends.insert(k, v);
     }
+    // Which tables exist (what they were built from is not recoverable: a
+    // placeholder that differs from any plan, so the next diff rewrites them).
+    let maglev: BpfHashMap<MapData, u32, Lb4Maglev> = open_pinned(pin_dir, MAP_LB4_MAGLEV)?;
+    for id in maglev.keys() {
+        let id = id.map_err(|e| err(MAP_LB4_MAGLEV)(&e))?;
+        let placeholder = crate::plan::MaglevSpec {
+            size: 0,
+            backends: Vec::new(),
+        };
+        state.maglev.insert(id, placeholder);
+    }
     Ok(state)
 }
 
@@ -259,10 +415,10 @@ pub fn render_status(state: &crate::plan::MapState) -> String {
                     .map_or_else(|| "<missing>".to_string(), |b| addr(b.address, b.port_be))
             })
             .collect();
-        let scope = if k.scope == SCOPE_NODEPORT {
-            "nodeport"
-        } else {
-            "cluster"
+        let scope = match k.scope {
+            SCOPE_NODEPORT => "nodeport",
+            SCOPE_EXTERNAL => "external",
+            _ => "cluster",
         };
         let shown = if backends.is_empty() {
             "(none: connects refused)".to_string()
@@ -286,4 +442,92 @@ pub fn render_status(state: &crate::plan::MapState) -> String {
         state.backends.len()
     );
     out
+}
+
+/// Conntrack entries and drop / pass counters, for `status` and metrics.
+#[derive(Debug, Default)]
+pub struct DataPathStats {
+    pub conntrack_entries: usize,
+    /// `(reason, packets)`, summed over CPUs.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// Reads the conntrack fill and the counters from the pinned maps.
+pub fn read_stats(pin_dir: &Path) -> Result<DataPathStats, AgentError> {
+    let data = MapData::from_pin(pin_dir.join(MAP_CT4)).map_err(|e| err(MAP_CT4)(&e))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|e| err(MAP_CT4)(&e))?;
+    let ct: BpfHashMap<MapData, Ct4Key, Ct4Entry> =
+        BpfHashMap::try_from(map).map_err(|e| err(MAP_CT4)(&e))?;
+    let conntrack_entries = ct.keys().filter(Result::is_ok).count();
+    let data = MapData::from_pin(pin_dir.join(MAP_COUNTERS)).map_err(|e| err(MAP_COUNTERS)(&e))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|e| err(MAP_COUNTERS)(&e))?;
+    let per_cpu: aya::maps::PerCpuArray<MapData, u64> =
+        aya::maps::PerCpuArray::try_from(map).map_err(|e| err(MAP_COUNTERS)(&e))?;
+    let mut counters = Vec::new();
+    for (index, reason) in COUNTERS {
+        let values = per_cpu.get(&index, 0).map_err(|e| err(MAP_COUNTERS)(&e))?;
+        counters.push((reason, values.iter().sum()));
+    }
+    Ok(DataPathStats {
+        conntrack_entries,
+        counters,
+    })
+}
+
+/// Runs a tc program once on `packet` with `BPF_PROG_TEST_RUN` (the kernel
+/// executes it on a real skb). Returns the verdict and the packet as the
+/// program left it.
+pub fn test_run(
+    program: std::os::fd::BorrowedFd<'_>,
+    packet: &[u8],
+) -> std::io::Result<(u32, Vec<u8>)> {
+    use std::os::fd::AsRawFd;
+    /// The `test` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRunAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut attr = TestRunAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        data_size_in: packet.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr.test` whose pointers refer to
+    // buffers that outlive the call, with their true sizes.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    out.truncate(attr.data_size_out as usize);
+    Ok((attr.retval, out))
 }

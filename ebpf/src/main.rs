@@ -5,7 +5,11 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use pier_agent::health::HealthChecks;
-use pier_agent::loader::{cgroup2_root, read_pinned, render_status, uninstall, SockLb};
+use pier_agent::loader::{
+    cgroup2_root, read_pinned, read_stats, render_status, uninstall, LbMaps, MapSizes, NodePortLb,
+    SockLb,
+};
+use pier_agent::maps::Config;
 use pier_agent::plan::{diff, plan, Ids, MapState, NodeInfo};
 use pier_translate::{translate, TranslateOptions};
 use std::path::PathBuf;
@@ -30,7 +34,7 @@ struct Args {
     #[arg(long)]
     cgroup: Option<PathBuf>,
     /// Where the maps are pinned (on a bpffs).
-    #[arg(long, default_value = "/sys/fs/bpf/pier")]
+    #[arg(long, default_value = "/sys/fs/bpf/pier", global = true)]
     pin_dir: PathBuf,
     /// This node's name, for traffic policies Local.
     #[arg(long, default_value = "")]
@@ -41,6 +45,83 @@ struct Args {
     /// Address the healthCheckNodePort listeners bind to.
     #[arg(long, default_value = "0.0.0.0")]
     health_bind: std::net::IpAddr,
+    /// External interface(s) for the tc programs (NodePort, LB IPs and
+    /// externalIPs from outside). Repeat for several; none: socket LB only.
+    #[arg(long = "interface", value_name = "NAME")]
+    interfaces: Vec<String>,
+    /// This node's addresses NodePorts answer on (default: the IPv4
+    /// addresses of the --interface interfaces).
+    #[arg(long = "node-address", value_name = "IPV4")]
+    node_addresses: Vec<std::net::Ipv4Addr>,
+    /// Source address for SNAT towards backends on other nodes (default: the
+    /// first node address; none: the node address the client used).
+    #[arg(long)]
+    snat_address: Option<std::net::Ipv4Addr>,
+    /// SNAT source ports; keep them outside net.ipv4.ip_local_port_range so
+    /// they never collide with the node's own connections.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    snat_ports: (u16, u16),
+    /// Maglev table size (a prime, at most 16381).
+    #[arg(long, default_value_t = 16381)]
+    maglev_table_size: u32,
+    /// Capacity of the service address map.
+    #[arg(long, default_value_t = MapSizes::default().services)]
+    max_services: u32,
+    /// Capacity of the backend (and slot) maps.
+    #[arg(long, default_value_t = MapSizes::default().backends)]
+    max_backends: u32,
+    /// Capacity of the conntrack map (LRU).
+    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    max_conntrack: u32,
+    /// How many services reached from outside can have a Maglev table.
+    #[arg(long, default_value_t = MapSizes::default().maglev_tables)]
+    max_maglev_tables: u32,
+    /// Idle timeout of a TCP conntrack entry, in seconds.
+    #[arg(long, default_value_t = 21_600)]
+    tcp_timeout: u32,
+    /// Idle timeout of a UDP conntrack entry, in seconds.
+    #[arg(long, default_value_t = 120)]
+    udp_timeout: u32,
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected MIN-MAX"))?;
+    let a: u16 = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b: u16 = b.parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if a == 0 || a > b {
+        return Err(format!("{s:?}: need 0 < MIN <= MAX"));
+    }
+    Ok((a, b))
+}
+
+/// The IPv4 addresses of an interface.
+fn interface_addresses(name: &str) -> Vec<std::net::Ipv4Addr> {
+    let mut found = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a linked list we only read and
+    // then free with freeifaddrs; every pointer is checked for null first.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return found;
+        }
+        let mut cursor = list;
+        while !cursor.is_null() {
+            let entry = &*cursor;
+            if !entry.ifa_addr.is_null()
+                && i32::from((*entry.ifa_addr).sa_family) == libc::AF_INET
+                && std::ffi::CStr::from_ptr(entry.ifa_name).to_bytes() == name.as_bytes()
+            {
+                let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
+                found.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            cursor = entry.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    found
 }
 
 #[derive(Subcommand, Debug)]
@@ -72,6 +153,12 @@ fn run(args: Args) -> Result<()> {
             .map_err(anyhow::Error::new)
             .with_context(|| format!("reading the maps pinned in {}", args.pin_dir.display()))?;
         print!("{}", render_status(&state));
+        if let Ok(stats) = read_stats(&args.pin_dir) {
+            println!("{} conntrack entries", stats.conntrack_entries);
+            for (reason, n) in stats.counters {
+                println!("{reason}: {n} packets");
+            }
+        }
         return Ok(());
     }
     if let Some(Command::Uninstall) = args.command {
@@ -83,15 +170,60 @@ fn run(args: Args) -> Result<()> {
         Some(c) => c.clone(),
         None => cgroup2_root().context("no cgroup v2 mount found in /proc/mounts")?,
     };
+    let mut addresses = args.node_addresses.clone();
+    if addresses.is_empty() {
+        addresses = args
+            .interfaces
+            .iter()
+            .flat_map(|i| interface_addresses(i))
+            .collect();
+    }
     let node = NodeInfo {
         name: args.node_name.clone(),
         zone: args.zone.clone(),
-        addresses: Vec::new(),
+        addresses: addresses.clone(),
+        maglev_table_size: args.maglev_table_size,
     };
-    let lb = SockLb::attach(&args.pin_dir, &cgroup)
+    if pier_agent::maglev::table(&[], args.maglev_table_size as usize).is_err()
+        || args.maglev_table_size as usize > pier_agent::maps::MAGLEV_MAX
+    {
+        anyhow::bail!(
+            "--maglev-table-size {} must be a prime of at most {}",
+            args.maglev_table_size,
+            pier_agent::maps::MAGLEV_MAX
+        );
+    }
+    let sizes = MapSizes {
+        services: args.max_services,
+        backends: args.max_backends,
+        conntrack: args.max_conntrack,
+        maglev_tables: args.max_maglev_tables,
+    };
+    let sock = SockLb::attach(&args.pin_dir, &cgroup, &sizes)
         .map_err(anyhow::Error::new)
         .context("attaching the socket hooks")?;
     tracing::info!(cgroup = %cgroup.display(), pins = %args.pin_dir.display(), "socket load balancing attached");
+    let snat = args.snat_address.or(addresses.first().copied());
+    let config = Config {
+        snat_address: snat.map_or([0; 4], |a| a.octets()),
+        snat_port_min: args.snat_ports.0,
+        snat_port_max: args.snat_ports.1,
+        tcp_timeout_s: args.tcp_timeout,
+        udp_timeout_s: args.udp_timeout,
+    };
+    let mut nodeport = NodePortLb::load(&args.pin_dir, &sizes, &config)
+        .map_err(anyhow::Error::new)
+        .context("loading the tc programs")?;
+    for interface in &args.interfaces {
+        nodeport
+            .attach(&args.pin_dir, interface)
+            .map_err(anyhow::Error::new)
+            .with_context(|| format!("attaching the tc programs to {interface}"))?;
+        tracing::info!(interface, node_addresses = ?addresses, snat = ?snat, "NodePort / external traffic attached");
+    }
+    let lb = LbMaps::open(&args.pin_dir)
+        .map_err(anyhow::Error::new)
+        .context("opening the pinned maps")?;
     // Maps pinned by a previous agent are reused by the loader: start from
     // what they hold, so the first update is a diff, not a rewrite.
     let current = read_pinned(&args.pin_dir).unwrap_or_default();
@@ -99,6 +231,7 @@ fn run(args: Args) -> Result<()> {
         ids: Ids::adopt(&current),
         current,
         lb,
+        _programs: (sock, nodeport),
         node,
         health: HealthChecks::new(args.health_bind),
         pin_dir: args.pin_dir.clone(),
@@ -130,7 +263,9 @@ fn run(args: Args) -> Result<()> {
 
 /// Everything needed to turn snapshots into kernel state on this node.
 struct Programmer {
-    lb: SockLb,
+    lb: LbMaps,
+    /// Kept loaded for the agent's lifetime (the links are pinned anyway).
+    _programs: (SockLb, NodePortLb),
     node: NodeInfo,
     health: HealthChecks,
     current: MapState,

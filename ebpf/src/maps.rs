@@ -10,10 +10,15 @@ pub const PROTO_SCTP: u8 = 132;
 
 pub const SCOPE_CLUSTER: u8 = 0;
 pub const SCOPE_NODEPORT: u8 = 1;
+pub const SCOPE_EXTERNAL: u8 = 2;
 
 pub const SVC_AFFINITY: u16 = 1 << 0;
 pub const SVC_LOCAL_EXTERNAL: u16 = 1 << 1;
 pub const SVC_LOCAL_INTERNAL: u16 = 1 << 2;
+pub const SVC_MAGLEV: u16 = 1 << 3;
+
+/// `PIER_MAGLEV_MAX`: the largest Maglev table a service can have.
+pub const MAGLEV_MAX: usize = 16_381;
 
 pub const BACKEND_TERMINATING: u8 = 1 << 0;
 pub const BACKEND_LOCAL: u8 = 1 << 1;
@@ -36,7 +41,7 @@ pub struct Lb4Service {
     pub backend_count: u16,
     pub flags: u16,
     pub affinity_timeout_s: u32,
-    pub reserved: u32,
+    pub maglev_size: u32,
 }
 
 /// `struct pier_lb4_slot_key`.
@@ -94,6 +99,66 @@ pub struct Lb4Affinity {
     pub pad: u32,
 }
 
+/// `struct pier_lb4_maglev`: a service's Maglev table as backend ids.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Lb4Maglev {
+    pub backend_ids: [u32; MAGLEV_MAX],
+}
+
+/// `struct pier_ct4_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ct4Key {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+pub const CT_REPLY: u8 = 1 << 0;
+pub const CT_SNAT: u8 = 1 << 1;
+
+/// `struct pier_ct4_entry`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ct4Entry {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub backend_id: u32,
+    pub last_seen_ns: u64,
+    pub flags: u8,
+    pub pad: [u8; 7],
+}
+
+/// `struct pier_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub snat_address: [u8; 4],
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    pub tcp_timeout_s: u32,
+    pub udp_timeout_s: u32,
+}
+
+/// Indexes of `pier_counters` (drops and passes by reason, per CPU).
+pub const COUNTERS: [(u32, &str); 5] = [
+    (0, "no_backend"),
+    (1, "snat_ports_exhausted"),
+    (2, "no_route"),
+    (3, "fragment_passed"),
+    (4, "malformed_passed"),
+];
+
+const _: () = assert!(size_of::<Lb4Maglev>() == 4 * MAGLEV_MAX);
+const _: () = assert!(size_of::<Ct4Key>() == 16);
+const _: () = assert!(size_of::<Ct4Entry>() == 32);
+const _: () = assert!(size_of::<Config>() == 16);
 const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
 const _: () = assert!(size_of::<Lb4Affinity>() == 16);
 const _: () = assert!(size_of::<Lb4Key>() == 8);
@@ -109,3 +174,7 @@ pub const MAP_LB4_SLOTS: &str = "pier_lb4_slots";
 pub const MAP_LB4_BACKENDS: &str = "pier_lb4_backends";
 pub const MAP_LB4_REVNAT: &str = "pier_lb4_revnat";
 pub const MAP_LB4_AFFINITY: &str = "pier_lb4_affinity";
+pub const MAP_LB4_MAGLEV: &str = "pier_lb4_maglev";
+pub const MAP_CT4: &str = "pier_ct4";
+pub const MAP_CONFIG: &str = "pier_config";
+pub const MAP_COUNTERS: &str = "pier_counters";

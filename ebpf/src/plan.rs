@@ -12,8 +12,30 @@ use std::net::{IpAddr, Ipv4Addr};
 pub struct NodeInfo {
     pub name: String,
     pub zone: Option<String>,
-    /// Node addresses NodePorts are served on from this node's sockets.
+    /// Node addresses NodePorts are served on (from outside and from this node's sockets).
     pub addresses: Vec<Ipv4Addr>,
+    /// Maglev table size for services reached from outside (a prime ≤
+    /// [`MAGLEV_MAX`]; 0 means [`crate::maglev::DEFAULT_TABLE_SIZE`]).
+    pub maglev_table_size: u32,
+}
+
+/// A service's Maglev table, by what it is built from: the backends' stable
+/// names (the same on every node) and their ids on this node. The table
+/// itself is computed when it is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaglevSpec {
+    pub size: u32,
+    /// `(address:port, backend id)`, sorted by name.
+    pub backends: Vec<(String, u32)>,
+}
+
+impl MaglevSpec {
+    /// The table as backend ids, entry by entry (`size` entries).
+    pub fn table(&self) -> Result<Vec<u32>, String> {
+        let names: Vec<String> = self.backends.iter().map(|(n, _)| n.clone()).collect();
+        let table = crate::maglev::table(&names, self.size as usize)?;
+        Ok(table.iter().map(|i| self.backends[*i as usize].1).collect())
+    }
 }
 
 /// The content of the lb4 maps.
@@ -22,6 +44,8 @@ pub struct MapState {
     pub services: BTreeMap<Lb4Key, Lb4Service>,
     pub slots: BTreeMap<Lb4SlotKey, u32>,
     pub backends: BTreeMap<u32, Lb4Backend>,
+    /// Maglev tables by service id, for the views reached from outside.
+    pub maglev: BTreeMap<u32, MaglevSpec>,
 }
 
 /// Identifiers that must stay stable across plans (and agent restarts, once
@@ -127,6 +151,8 @@ struct View<'a> {
     keys: Vec<Lb4Key>,
     endpoints: Vec<&'a Endpoint>,
     flags: u16,
+    /// Reached from outside: backends chosen by Maglev so every node agrees.
+    maglev: bool,
 }
 
 /// Writes one view of a service with its slots; nothing when it has no IPv4
@@ -137,12 +163,14 @@ fn add_view(state: &mut MapState, ids: &mut Ids, svc: &L4Service, view: View<'_>
         keys,
         endpoints: eps,
         flags: local_flag,
+        maglev,
     } = view;
     if keys.is_empty() {
         return;
     }
     let service_id = ids.service(&name);
     let mut backend_ids = Vec::new();
+    let mut named = Vec::new();
     for e in eps {
         let Some(address) = v4(&e.address) else {
             continue;
@@ -164,6 +192,7 @@ fn add_view(state: &mut MapState, ids: &mut Ids, svc: &L4Service, view: View<'_>
         let id = ids.backend(&backend);
         state.backends.insert(id, backend);
         backend_ids.push(id);
+        named.push((format!("{}:{}", e.address, e.port), id));
     }
     backend_ids.sort_unstable();
     backend_ids.dedup();
@@ -180,12 +209,27 @@ fn add_view(state: &mut MapState, ids: &mut Ids, svc: &L4Service, view: View<'_>
     if svc.session_affinity.is_some() {
         flags |= SVC_AFFINITY;
     }
+    let mut maglev_size = 0;
+    if maglev && !named.is_empty() {
+        named.sort();
+        named.dedup();
+        maglev_size = match node.maglev_table_size {
+            0 => crate::maglev::DEFAULT_TABLE_SIZE as u32,
+            n => n,
+        };
+        flags |= SVC_MAGLEV;
+        let spec = MaglevSpec {
+            size: maglev_size,
+            backends: named,
+        };
+        state.maglev.insert(service_id, spec);
+    }
     let value = Lb4Service {
         service_id,
         backend_count: u16::try_from(backend_ids.len()).unwrap_or(u16::MAX),
         flags,
         affinity_timeout_s: svc.session_affinity.map_or(0, |a| a.timeout_seconds),
-        reserved: 0,
+        maglev_size,
     };
     for key in &keys {
         state.services.insert(*key, value);
@@ -223,6 +267,7 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
             keys: internal,
             endpoints: eps,
             flags: flag,
+            maglev: false,
         };
         add_view(&mut state, ids, svc, view, node);
         // externalIPs and LoadBalancer IPs reached from inside the cluster (the
@@ -241,10 +286,18 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
             keys: in_cluster,
             endpoints: eps,
             flags: 0,
+            maglev: false,
         };
         add_view(&mut state, ids, svc, view, node);
-        // NodePorts, under externalTrafficPolicy.
-        let mut node_ports: Vec<Lb4Key> = Vec::new();
+        // From outside (tc programs): NodePorts, externalIPs and LB IPs,
+        // under externalTrafficPolicy.
+        let mut node_ports: Vec<Lb4Key> = svc
+            .external_ips
+            .iter()
+            .chain(&svc.load_balancer_ips)
+            .filter_map(v4)
+            .map(|a| key(a, svc.port, SCOPE_EXTERNAL))
+            .collect();
         if let Some(node_port) = svc.node_port {
             node_ports.push(key([0, 0, 0, 0], node_port, SCOPE_NODEPORT));
             node_ports.extend(
@@ -264,6 +317,7 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
             keys: node_ports,
             endpoints: eps,
             flags: flag,
+            maglev: true,
         };
         add_view(&mut state, ids, svc, view, node);
     }
@@ -278,16 +332,18 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
 pub enum MapOp {
     PutBackend(u32, Lb4Backend),
     PutSlot(Lb4SlotKey, u32),
+    PutMaglev(u32, MaglevSpec),
     PutService(Lb4Key, Lb4Service),
     DeleteService(Lb4Key),
+    DeleteMaglev(u32),
     DeleteSlot(Lb4SlotKey),
     DeleteBackend(u32),
 }
 
 /// The operations that turn `old` into `new`, in a safe order: backends,
-/// then slots, then services are written; then services, slots and backends
-/// that are gone are deleted. At every step each service's slots
-/// 1..backend_count exist and point at backends that exist.
+/// then slots and Maglev tables, then services are written; then services,
+/// tables, slots and backends that are gone are deleted. At every step each
+/// service's slots 1..backend_count and its table point at backends that exist.
 pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
     let mut ops = Vec::new();
     for (id, b) in &new.backends {
@@ -300,6 +356,11 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
             ops.push(MapOp::PutSlot(*k, *v));
         }
     }
+    for (k, v) in &new.maglev {
+        if old.maglev.get(k) != Some(v) {
+            ops.push(MapOp::PutMaglev(*k, v.clone()));
+        }
+    }
     for (k, v) in &new.services {
         if old.services.get(k) != Some(v) {
             ops.push(MapOp::PutService(*k, *v));
@@ -310,6 +371,12 @@ pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
             .keys()
             .filter(|k| !new.services.contains_key(k))
             .map(|k| MapOp::DeleteService(*k)),
+    );
+    ops.extend(
+        old.maglev
+            .keys()
+            .filter(|k| !new.maglev.contains_key(k))
+            .map(|k| MapOp::DeleteMaglev(*k)),
     );
     ops.extend(
         old.slots
@@ -338,6 +405,12 @@ pub fn apply(state: &mut MapState, op: &MapOp) {
         MapOp::PutService(k, v) => {
             state.services.insert(*k, *v);
         }
+        MapOp::PutMaglev(k, v) => {
+            state.maglev.insert(*k, v.clone());
+        }
+        MapOp::DeleteMaglev(k) => {
+            state.maglev.remove(k);
+        }
         MapOp::DeleteService(k) => {
             state.services.remove(k);
         }
@@ -350,8 +423,19 @@ pub fn apply(state: &mut MapState, op: &MapOp) {
     }
 }
 
-/// Whether every service's slots and backends resolve (what the BPF side relies on).
+/// Whether every service's slots, table and backends resolve (what the BPF side relies on).
 pub fn consistent(state: &MapState) -> Result<(), String> {
+    for (id, spec) in &state.maglev {
+        if let Some((name, b)) = spec
+            .backends
+            .iter()
+            .find(|(_, b)| !state.backends.contains_key(b))
+        {
+            return Err(format!(
+                "Maglev table of service {id}: {name} points at missing backend {b}"
+            ));
+        }
+    }
     for (key, svc) in &state.services {
         for slot in 1..=u32::from(svc.backend_count) {
             let slot_key = Lb4SlotKey {

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use pier_agent::loader::SockLb;
+use pier_agent::loader::{LbMaps, MapSizes, SockLb};
 use pier_agent::maps::*;
 use pier_agent::plan::MapOp;
 use std::io::Write;
@@ -48,7 +48,7 @@ fn service_ops(id: u32, k: Lb4Key, backends: &[(u32, [u8; 4], u16)]) -> Vec<MapO
             backend_count: backends.len() as u16,
             flags: 0,
             affinity_timeout_s: 0,
-            reserved: 0,
+            maglev_size: 0,
         },
     ));
     ops
@@ -60,7 +60,13 @@ fn cluster_ip_connects_and_datagrams_are_rewritten_at_the_socket() {
         return;
     }
     let guard = Sandbox::new("socklb");
-    let mut lb = SockLb::attach(&guard.bpffs.join("pier"), &guard.cgroup).unwrap();
+    let _hooks = SockLb::attach(
+        &guard.bpffs.join("pier"),
+        &guard.cgroup,
+        &MapSizes::default(),
+    )
+    .unwrap();
+    let mut lb = LbMaps::open(&guard.bpffs.join("pier")).unwrap();
 
     // Backends on loopback.
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -162,7 +168,13 @@ fn session_affinity_keeps_a_client_on_one_backend() {
         return;
     }
     let sandbox = Sandbox::new("affinity");
-    let mut lb = SockLb::attach(&sandbox.bpffs.join("pier"), &sandbox.cgroup).unwrap();
+    let _hooks = SockLb::attach(
+        &sandbox.bpffs.join("pier"),
+        &sandbox.cgroup,
+        &MapSizes::default(),
+    )
+    .unwrap();
+    let mut lb = LbMaps::open(&sandbox.bpffs.join("pier")).unwrap();
     let (a, b) = (named_backend("A"), named_backend("B"));
     let backends = [(11, [127, 0, 0, 1], a), (12, [127, 0, 0, 1], b)];
     let mut sticky = service_ops(21, key([127, 96, 0, 4], 80, PROTO_TCP), &backends);

@@ -14,11 +14,13 @@
  * scope so a NodePort is never matched for cluster-internal traffic. */
 #define PIER_SCOPE_CLUSTER 0 /* ClusterIP, externalIP, LB IP */
 #define PIER_SCOPE_NODEPORT 1 /* any node address, the NodePort */
+#define PIER_SCOPE_EXTERNAL 2 /* externalIP / LB IP reached from outside the node */
 
 /* Service flags. */
 #define PIER_SVC_AFFINITY (1 << 0)      /* sessionAffinity: ClientIP */
 #define PIER_SVC_LOCAL_EXTERNAL (1 << 1) /* externalTrafficPolicy: Local */
 #define PIER_SVC_LOCAL_INTERNAL (1 << 2) /* internalTrafficPolicy: Local */
+#define PIER_SVC_MAGLEV (1 << 3)         /* pick by pier_lb4_maglev, not at random */
 
 /* Key of pier_lb4_services: a virtual IPv4 address, port and protocol. */
 struct pier_lb4_key {
@@ -35,7 +37,7 @@ struct pier_lb4_service {
 	__u16 backend_count;
 	__u16 flags;
 	__u32 affinity_timeout_s;
-	__u32 reserved;
+	__u32 maglev_size; /* entries used in this service's pier_lb4_maglev table */
 };
 
 /* Key of pier_lb4_slots. */
@@ -83,6 +85,49 @@ struct pier_lb4_affinity {
 	__u64 last_used_ns;
 	__u32 backend_id;
 	__u32 pad;
+};
+
+/* Value of pier_lb4_maglev, keyed by service id: the Maglev lookup table of
+ * a service reached from outside, as backend ids. Only the first maglev_size
+ * entries (a prime, at most PIER_MAGLEV_MAX) are used. */
+#define PIER_MAGLEV_MAX 16381
+struct pier_lb4_maglev {
+	__u32 backend_ids[PIER_MAGLEV_MAX];
+};
+
+/* Conntrack for traffic from outside the node (tc programs). Key: a packet's
+ * tuple as it is seen on the wire before translation. */
+struct pier_ct4_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* What a packet of that tuple is rewritten to, in full. */
+struct pier_ct4_entry {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id; /* the chosen backend (forward entries) */
+	__u64 last_seen_ns;
+	__u8 flags; /* PIER_CT_* */
+	__u8 pad[7];
+};
+
+#define PIER_CT_REPLY (1 << 0)  /* a reply: from the backend towards the client */
+#define PIER_CT_SNAT (1 << 1)   /* source rewritten to the node: route it ourselves */
+
+/* pier_config, a one-entry array written by the agent. */
+struct pier_config {
+	__be32 snat_address; /* the node's address for SNAT (0: the address hit) */
+	__u16 snat_port_min; /* SNAT ports, host order, outside the ephemeral range */
+	__u16 snat_port_max;
+	__u32 tcp_timeout_s; /* idle conntrack entries older than this are ignored */
+	__u32 udp_timeout_s;
 };
 
 #endif

@@ -46,6 +46,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pier_lb4_affinity SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct pier_lb4_maglev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pier_lb4_maglev SEC(".maps");
+
+/* The backend id Maglev gives a flow hash, or 0 (no table: pick at random). */
+static __always_inline __u32 pier_lb4_maglev_id(const struct pier_lb4_service *svc, __u32 flow_hash)
+{
+	const struct pier_lb4_maglev *table;
+	__u32 index;
+
+	if (!(svc->flags & PIER_SVC_MAGLEV) || svc->maglev_size == 0)
+		return 0;
+	table = bpf_map_lookup_elem(&pier_lb4_maglev, &svc->service_id);
+	if (!table)
+		return 0;
+	index = flow_hash % svc->maglev_size;
+	if (index >= PIER_MAGLEV_MAX)
+		return 0;
+	return table->backend_ids[index];
+}
+
 /* A random backend id of the service, or 0 when it has none. */
 static __always_inline __u32 pier_lb4_pick_id(const struct pier_lb4_service *svc)
 {
@@ -63,9 +89,10 @@ static __always_inline __u32 pier_lb4_pick_id(const struct pier_lb4_service *svc
 
 /* The backend for a client (identified by `client`, e.g. its netns cookie):
  * with sessionAffinity the one it used last, while that backend still exists
- * and the timeout has not passed; otherwise a random one. */
+ * and the timeout has not passed; otherwise Maglev's choice for `flow_hash`
+ * when the service has a table, else a random one. Returns the id too. */
 static __always_inline const struct pier_lb4_backend *
-pier_lb4_pick(const struct pier_lb4_service *svc, __u64 client)
+pier_lb4_pick(const struct pier_lb4_service *svc, __u64 client, __u32 flow_hash, __u32 *picked)
 {
 	struct pier_lb4_affinity_key akey = {
 		.netns_cookie = client,
@@ -84,13 +111,17 @@ pier_lb4_pick(const struct pier_lb4_service *svc, __u64 client)
 			backend = bpf_map_lookup_elem(&pier_lb4_backends, &seen->backend_id);
 			if (backend) {
 				seen->last_used_ns = now;
+				*picked = seen->backend_id;
 				return backend;
 			}
 		}
 	}
-	id = pier_lb4_pick_id(svc);
+	id = pier_lb4_maglev_id(svc, flow_hash);
+	if (!id)
+		id = pier_lb4_pick_id(svc);
 	if (!id)
 		return NULL;
+	*picked = id;
 	backend = bpf_map_lookup_elem(&pier_lb4_backends, &id);
 	if (backend && (svc->flags & PIER_SVC_AFFINITY)) {
 		struct pier_lb4_affinity val = { .last_used_ns = now, .backend_id = id };

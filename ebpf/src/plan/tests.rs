@@ -56,6 +56,7 @@ fn node() -> NodeInfo {
         name: "node-a".into(),
         zone: Some("z1".into()),
         addresses: vec![Ipv4Addr::new(192, 168, 1, 10)],
+        maglev_table_size: 251,
     }
 }
 
@@ -138,9 +139,55 @@ fn traffic_policies_zones_and_node_ports_shape_the_views() {
         backends_of(&state, &key([203, 0, 113, 7], 80, SCOPE_CLUSTER)),
         vec![[10, 244, 0, 1], [10, 244, 0, 3]]
     );
+    // The same externalIP reached from outside (tc) follows ETP Local, and
+    // picks by Maglev, like the NodePort.
+    let outside = key([203, 0, 113, 7], 80, SCOPE_EXTERNAL);
+    assert_eq!(backends_of(&state, &outside), vec![[10, 244, 0, 1]]);
+    let external = state.services[&outside];
+    assert_ne!(external.flags & SVC_MAGLEV, 0);
+    assert_eq!(external.maglev_size, 251);
+    let spec = &state.maglev[&external.service_id];
+    assert_eq!(spec.backends.len(), 1);
+    assert_eq!(spec.backends[0].0, "10.244.0.1:8080");
+    let table = spec.table().unwrap();
+    assert_eq!(table.len(), 251);
+    assert!(table.iter().all(|id| *id == spec.backends[0].1));
     let internal = state.services[&key([10, 96, 0, 1], 80, SCOPE_CLUSTER)];
     assert_ne!(internal.flags & SVC_AFFINITY, 0);
     assert_eq!(internal.affinity_timeout_s, 600);
+    assert_eq!(internal.flags & SVC_MAGLEV, 0, "socket LB picks at random");
+    assert!(!state.maglev.contains_key(&internal.service_id));
+}
+
+#[test]
+fn maglev_tables_name_backends_by_address_so_every_node_builds_the_same_one() {
+    let mut svc = service("web", [10, 96, 0, 1]);
+    svc.node_port = Some(30080);
+    let eps: Vec<Endpoint> = (1..=5)
+        .map(|i| ep(i, "node-b", "z2", true, false))
+        .collect();
+    let snap = snapshot(vec![(svc, eps)]);
+    // Two nodes whose ids differ (one has seen other services first).
+    let mut ids_a = Ids::default();
+    let mut ids_b = Ids::default();
+    let other = snapshot(vec![(
+        service("other", [10, 96, 0, 2]),
+        vec![ep(9, "x", "z", true, false)],
+    )]);
+    plan(&other, &node(), &mut ids_b);
+    let a = plan(&snap, &node(), &mut ids_a);
+    let b = plan(&snap, &node(), &mut ids_b);
+    let by_address = |state: &MapState| -> Vec<[u8; 4]> {
+        let k = key([0, 0, 0, 0], 30080, SCOPE_NODEPORT);
+        let spec = &state.maglev[&state.services[&k].service_id];
+        spec.table()
+            .unwrap()
+            .iter()
+            .map(|id| state.backends[id].address)
+            .collect()
+    };
+    assert_ne!(a.backends, b.backends, "the ids differ between the nodes");
+    assert_eq!(by_address(&a), by_address(&b));
 }
 
 #[test]
@@ -213,7 +260,9 @@ fn updates_never_expose_a_missing_slot_or_backend() {
             .iter()
             .map(|i| ep(*i, "node-b", "z2", true, false))
             .collect();
-        let mut services = vec![(service("web", [10, 96, 0, 1]), eps.clone())];
+        let mut web = service("web", [10, 96, 0, 1]);
+        web.node_port = Some(30080);
+        let mut services = vec![(web, eps.clone())];
         if round % 2 == 0 {
             services.push((service("api", [10, 96, 0, 9]), eps));
         }

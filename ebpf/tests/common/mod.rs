@@ -35,7 +35,10 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(tag: &str) -> Sandbox {
         let root = pier_agent::loader::cgroup2_root().expect("a cgroup v2 mount");
-        let name = format!("pier-test-{tag}-{}", std::process::id());
+        // Tests of one binary run in parallel: each sandbox gets its own name.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("pier-test-{tag}-{}-{n}", std::process::id());
         let sandbox = Sandbox {
             cgroup: root.join(&name),
             bpffs: std::env::temp_dir().join(&name),
@@ -77,4 +80,86 @@ impl Drop for Sandbox {
         let _ = std::fs::remove_dir(&self.bpffs);
         let _ = std::fs::remove_dir(&self.cgroup);
     }
+}
+
+/// A network namespace made for one test (`ip netns add`), deleted on drop
+/// with everything in it (veths, addresses, routes).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("pier-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        sh(&format!("ip netns add {name}"));
+        let ns = Netns { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// Runs a shell command inside the namespace; panics when it fails.
+    pub fn sh(&self, command: &str) {
+        sh(&format!("ip netns exec {} {command}", self.name));
+    }
+
+    /// Runs `f` on a thread that has entered this namespace: sockets it
+    /// creates live there (and keep living there after it returns).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+        .join()
+        .expect("thread in netns")
+    }
+
+    /// Like [`Netns::run`] but leaves the thread running (a server).
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        });
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Moves the calling thread into the network namespace pinned at `path`.
+pub fn enter_netns(path: &str) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: setns on a valid namespace fd; it only changes this thread's
+    // network namespace.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+pub fn sh(command: &str) {
+    let out = Command::new("sh").arg("-c").arg(command).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A veth pair with one end in each namespace (made inside them: the
+/// machine's own namespace never sees it).
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
+    a.sh(&format!(
+        "ip link add {a_name} type veth peer name {b_name} netns {}",
+        b.name
+    ));
+    a.sh(&format!("ip link set {a_name} up"));
+    b.sh(&format!("ip link set {b_name} up"));
 }

@@ -1,0 +1,324 @@
+/* tc programs on the node's external interfaces. A new flow from outside to a
+ * NodePort, LoadBalancer IP or externalIP is DNATed to a backend (and SNATed
+ * to the node when the backend is on another node, so the reply comes back
+ * here); conntrack entries translate the rest of the flow and its replies.
+ * Anything pier cannot parse with certainty is left alone, never half
+ * translated. */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "pier_maps.h"
+#include "lib/lb4.h"
+#include "lib/ct4.h"
+
+#define AF_INET 2
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+#define SNAT_TRIES 16
+
+/* Where things are in the packet, and its tuple before translation. */
+struct packet {
+	__u32 l3;
+	__u32 l4;
+	__u32 csum_off;
+	struct pier_ct4_key tuple;
+};
+
+/* 0 when the packet is IPv4 TCP / UDP with complete, consistent headers and
+ * not a fragment; anything else is not ours to translate. */
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
+{
+	struct ethhdr eth;
+	struct iphdr ip;
+	__be16 ports[2];
+	__u32 ihl, end, l4_len = 8;
+	__u8 doff;
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || eth.h_proto != bpf_htons(ETH_P_IP))
+		return -1;
+	p->l3 = sizeof(eth);
+	if (bpf_skb_load_bytes(skb, p->l3, &ip, sizeof(ip)) < 0)
+		goto malformed;
+	ihl = ip.ihl * 4;
+	end = p->l3 + bpf_ntohs(ip.tot_len);
+	if (ip.version != 4 || ihl < sizeof(ip) || bpf_ntohs(ip.tot_len) < ihl || end > skb->len)
+		goto malformed;
+	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
+		return -1;
+	if (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		/* Only the first fragment has ports: translating it alone would
+		 * split the datagram between two destinations. */
+		pier_count(PIER_PASS_FRAGMENT);
+		return -1;
+	}
+	p->l4 = p->l3 + ihl;
+	if (ip.protocol == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, p->l4 + 12, &doff, 1) < 0)
+			goto malformed;
+		l4_len = (doff >> 4) * 4;
+		if (l4_len < 20)
+			goto malformed;
+	}
+	if (p->l4 + l4_len > end || bpf_skb_load_bytes(skb, p->l4, ports, sizeof(ports)) < 0)
+		goto malformed;
+	p->csum_off = p->l4 + (ip.protocol == IPPROTO_TCP ? 16 : 6);
+	p->tuple.saddr = ip.saddr;
+	p->tuple.daddr = ip.daddr;
+	p->tuple.sport = ports[0];
+	p->tuple.dport = ports[1];
+	p->tuple.proto = ip.protocol;
+	return 0;
+malformed:
+	pier_count(PIER_PASS_MALFORMED);
+	return -1;
+}
+
+/* Rewrites the packet's addresses and ports to `to`'s, fixing the IP and the
+ * transport checksums incrementally. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct packet *p,
+				   const struct pier_ct4_entry *to)
+{
+	__u64 mangled0 = p->tuple.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	__u32 ip_check = p->l3 + offsetof(struct iphdr, check);
+
+	if (to->saddr != p->tuple.saddr &&
+	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.saddr, to->saddr, BPF_F_PSEUDO_HDR | mangled0 | 4) ||
+	     bpf_l3_csum_replace(skb, ip_check, p->tuple.saddr, to->saddr, 4) ||
+	     bpf_skb_store_bytes(skb, p->l3 + offsetof(struct iphdr, saddr), &to->saddr, 4, 0)))
+		return -1;
+	if (to->daddr != p->tuple.daddr &&
+	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.daddr, to->daddr, BPF_F_PSEUDO_HDR | mangled0 | 4) ||
+	     bpf_l3_csum_replace(skb, ip_check, p->tuple.daddr, to->daddr, 4) ||
+	     bpf_skb_store_bytes(skb, p->l3 + offsetof(struct iphdr, daddr), &to->daddr, 4, 0)))
+		return -1;
+	if (to->sport != p->tuple.sport &&
+	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.sport, to->sport, mangled0 | 2) ||
+	     bpf_skb_store_bytes(skb, p->l4, &to->sport, 2, 0)))
+		return -1;
+	if (to->dport != p->tuple.dport &&
+	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.dport, to->dport, mangled0 | 2) ||
+	     bpf_skb_store_bytes(skb, p->l4 + 2, &to->dport, 2, 0)))
+		return -1;
+	return 0;
+}
+
+/* Sends a packet whose source is now the node itself straight out of the
+ * right interface: the stack would drop it as a martian (local source on
+ * input). Decrements the TTL as a router does. */
+static __always_inline int redirect_out(struct __sk_buff *skb, const struct packet *p,
+					const struct pier_ct4_entry *to)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 ip_check = p->l3 + offsetof(struct iphdr, check);
+	__be16 ttl_proto_old, ttl_proto_new;
+	__u8 ttl;
+	long rc;
+
+	if (bpf_skb_load_bytes(skb, p->l3 + offsetof(struct iphdr, ttl), &ttl_proto_old, 2) < 0)
+		return TC_ACT_SHOT;
+	ttl = *(__u8 *)&ttl_proto_old;
+	if (ttl <= 1)
+		return TC_ACT_SHOT;
+	ttl_proto_new = ttl_proto_old;
+	*(__u8 *)&ttl_proto_new = ttl - 1;
+	if (bpf_l3_csum_replace(skb, ip_check, ttl_proto_old, ttl_proto_new, 2) ||
+	    bpf_skb_store_bytes(skb, p->l3 + offsetof(struct iphdr, ttl), &ttl_proto_new, 2, 0))
+		return TC_ACT_SHOT;
+
+	fib.family = AF_INET;
+	fib.l4_protocol = p->tuple.proto;
+	fib.ipv4_src = to->saddr;
+	fib.ipv4_dst = to->daddr;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+			return TC_ACT_SHOT;
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst };
+
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	pier_count(PIER_DROP_NO_ROUTE);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int translate(struct __sk_buff *skb, const struct packet *p,
+				     const struct pier_ct4_entry *to)
+{
+	if (rewrite(skb, p, to) < 0)
+		return TC_ACT_SHOT;
+	if (to->flags & PIER_CT_SNAT)
+		return redirect_out(skb, p, to);
+	return TC_ACT_OK;
+}
+
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x7feb352d;
+	h ^= h >> 15;
+	h *= 0x846ca68b;
+	h ^= h >> 16;
+	return h;
+}
+
+/* The Maglev flow hash: the same on every node (the node address hit is left
+ * out, so a NodePort flow hashes alike whichever node receives it). */
+static __always_inline __u32 flow_hash(const struct pier_ct4_key *t)
+{
+	return mix32(t->saddr ^ mix32(((__u32)t->sport << 16 | t->dport) ^ mix32(t->proto)));
+}
+
+/* Claims a free SNAT port for the reply tuple `reply_key` (its dport is set
+ * to the port claimed): the reply entry is inserted only if the tuple is free
+ * or its previous flow has expired. */
+static __always_inline int claim_snat_port(struct pier_ct4_key *reply_key, struct pier_ct4_entry *reply,
+					   const struct pier_config *cfg, __u32 hash, __u64 now)
+{
+	__u32 range, i;
+
+	if (cfg->snat_port_max < cfg->snat_port_min)
+		return -1;
+	range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
+	for (i = 0; i < SNAT_TRIES; i++) {
+		struct pier_ct4_entry *old;
+
+		reply_key->dport = bpf_htons(cfg->snat_port_min + (hash + i * 7919) % range);
+		if (bpf_map_update_elem(&pier_ct4, reply_key, reply, BPF_NOEXIST) == 0)
+			return 0;
+		old = bpf_map_lookup_elem(&pier_ct4, reply_key);
+		if (old && pier_ct4_expired(old, reply_key->proto, now, cfg) &&
+		    bpf_map_update_elem(&pier_ct4, reply_key, reply, BPF_ANY) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+/* A packet that belongs to no known flow: is it for a service reachable from
+ * outside? Then choose a backend, record the flow both ways and translate. */
+static __always_inline int new_flow(struct __sk_buff *skb, const struct packet *p,
+				    const struct pier_config *cfg, __u64 now)
+{
+	struct pier_lb4_key key = {
+		.address = p->tuple.daddr,
+		.port = p->tuple.dport,
+		.proto = p->tuple.proto,
+		.scope = PIER_SCOPE_NODEPORT,
+	};
+	const struct pier_lb4_service *svc;
+	const struct pier_lb4_backend *backend;
+	struct pier_ct4_entry fwd = {}, reply = {};
+	struct pier_ct4_key reply_key = {};
+	__u32 hash = flow_hash(&p->tuple), backend_id = 0;
+
+	svc = bpf_map_lookup_elem(&pier_lb4_services, &key);
+	if (!svc) {
+		key.scope = PIER_SCOPE_EXTERNAL;
+		svc = bpf_map_lookup_elem(&pier_lb4_services, &key);
+	}
+	if (!svc)
+		return TC_ACT_OK; /* not a service: the node's own traffic */
+	/* ClientIP affinity keys on the client address, tagged so it never
+	 * collides with a socket-LB netns cookie. */
+	backend = pier_lb4_pick(svc, (1ULL << 63) | p->tuple.saddr, hash, &backend_id);
+	if (!backend) {
+		pier_count(PIER_DROP_NO_BACKEND);
+		return TC_ACT_SHOT;
+	}
+	fwd.saddr = p->tuple.saddr;
+	fwd.sport = p->tuple.sport;
+	fwd.daddr = backend->address;
+	fwd.dport = backend->port;
+	fwd.backend_id = backend_id;
+	fwd.last_seen_ns = now;
+	/* Replies come from the backend and must look as if they came from the
+	 * address and port the client used. */
+	reply.saddr = p->tuple.daddr;
+	reply.sport = p->tuple.dport;
+	reply.daddr = p->tuple.saddr;
+	reply.dport = p->tuple.sport;
+	reply.backend_id = backend_id;
+	reply.last_seen_ns = now;
+	reply.flags = PIER_CT_REPLY;
+	reply_key.saddr = backend->address;
+	reply_key.sport = backend->port;
+	reply_key.proto = p->tuple.proto;
+	if (backend->flags & PIER_BACKEND_LOCAL) {
+		/* A pod on this node: DNAT only, the client address is kept and
+		 * the reply leaves through the egress program. */
+		reply_key.daddr = p->tuple.saddr;
+		reply_key.dport = p->tuple.sport;
+		bpf_map_update_elem(&pier_ct4, &reply_key, &reply, BPF_ANY);
+	} else {
+		fwd.flags = PIER_CT_SNAT;
+		reply.flags |= PIER_CT_SNAT;
+		fwd.saddr = cfg->snat_address ? cfg->snat_address : p->tuple.daddr;
+		reply_key.daddr = fwd.saddr;
+		if (claim_snat_port(&reply_key, &reply, cfg, hash, now) < 0) {
+			pier_count(PIER_DROP_SNAT_PORTS);
+			return TC_ACT_SHOT;
+		}
+		fwd.sport = reply_key.dport;
+	}
+	bpf_map_update_elem(&pier_ct4, &p->tuple, &fwd, BPF_ANY);
+	return translate(skb, p, &fwd);
+}
+
+/* Traffic arriving from outside: known flows (and replies to SNATed ones)
+ * are translated by conntrack; new ones may be for a service. */
+SEC("classifier")
+int pier_nodeport_ingress(struct __sk_buff *skb)
+{
+	const struct pier_config *cfg = pier_config_get();
+	struct packet p = {};
+	struct pier_ct4_entry *ct, to;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!cfg || parse(skb, &p) < 0)
+		return TC_ACT_OK;
+	ct = bpf_map_lookup_elem(&pier_ct4, &p.tuple);
+	/* Entries for replies from local pods belong to the egress program. */
+	if (ct && (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY &&
+	    !pier_ct4_expired(ct, p.tuple.proto, now, cfg)) {
+		/* A flow whose backend left is balanced again (ids are never reused). */
+		if ((ct->flags & PIER_CT_REPLY) || bpf_map_lookup_elem(&pier_lb4_backends, &ct->backend_id)) {
+			ct->last_seen_ns = now;
+			to = *ct;
+			return translate(skb, &p, &to);
+		}
+	}
+	return new_flow(skb, &p, cfg, now);
+}
+
+/* Traffic leaving towards outside: replies from local pods to a DNATed flow
+ * get the service address back as their source. */
+SEC("classifier")
+int pier_nodeport_egress(struct __sk_buff *skb)
+{
+	const struct pier_config *cfg = pier_config_get();
+	struct packet p = {};
+	struct pier_ct4_entry *ct, to;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (!cfg || parse(skb, &p) < 0)
+		return TC_ACT_OK;
+	ct = bpf_map_lookup_elem(&pier_ct4, &p.tuple);
+	if (!ct || (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY ||
+	    pier_ct4_expired(ct, p.tuple.proto, now, cfg))
+		return TC_ACT_OK;
+	ct->last_seen_ns = now;
+	to = *ct;
+	if (rewrite(skb, &p, &to) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,306 @@
+//! NodePort, externalIPs and externalTrafficPolicy from outside the node,
+//! through the tc programs, between network namespaces made by the test:
+//!
+//! ```text
+//!  client 192.0.2.2 ─┐                    ┌─ node 192.0.2.1 (pier-agent, tc on eth0)
+//!                    ├── lan (bridge) ────┤      └─ veth ─ pod 198.51.100.2 (local backend)
+//!  remote 192.0.2.3 ─┘ (node-b: its pod 203.0.113.10 is a remote backend)
+//! ```
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Answers every TCP connection with "`name` `peer address`" (what the backend
+/// saw as the client), and every UDP datagram the same way.
+fn serve(ns: &Netns, name: &'static str, ip: &str) {
+    let tcp = format!("{ip}:8080");
+    let listener = ns.run(move || TcpListener::bind(&tcp).unwrap());
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { return };
+            let peer = c.peer_addr().unwrap();
+            // One answer per request, so a held-open stream can ask again.
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(format!("{name} {peer}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let udp = format!("{ip}:5353");
+    let socket = ns.run(move || UdpSocket::bind(&udp).unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((_, peer)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(format!("{name} {peer}").as_bytes(), peer);
+        }
+    });
+}
+
+fn manifests() -> String {
+    let service = |name: &str, node_port: u16, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 127.96.2.1\n{extra}  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, nodePort: {node_port}, protocol: TCP}}\n  - {{name: udp, port: 53, targetPort: 5353, nodePort: {udp}, protocol: UDP}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: tcp, port: 8080, protocol: TCP}}, {{name: udp, port: 5353, protocol: UDP}}]\nendpoints:\n\
+             - {{addresses: [198.51.100.2], conditions: {{ready: true}}, nodeName: node-a}}\n\
+             - {{addresses: [203.0.113.10], conditions: {{ready: true}}, nodeName: node-b}}\n---\n",
+            udp = node_port + 100
+        )
+    };
+    let mut all = service("web", 30080, "  externalIPs: [198.18.0.100]\n");
+    all += &service(
+        "local",
+        30081,
+        "  externalTrafficPolicy: Local\n  clusterIP: 127.96.2.2\n",
+    )
+    .replace("  clusterIP: 127.96.2.1\n", "");
+    all
+}
+
+/// One request over a new TCP connection from the client namespace.
+fn ask(client: &Netns, to: &'static str) -> Result<String, String> {
+    client.run(move || {
+        let addr: SocketAddr = to.parse().unwrap();
+        let mut c =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(b"hi\n").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).map_err(|e| e.to_string())?;
+        line.push_str(&String::from_utf8_lossy(&buf[..n]));
+        Ok(line.trim().to_string())
+    })
+}
+
+fn ask_udp(client: &Netns, to: &'static str) -> Result<String, String> {
+    client.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(b"hi", to).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        // The reply must come from the address the client asked.
+        if from.to_string() != to {
+            return Err(format!("reply from {from}, not {to}"));
+        }
+        Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+    })
+}
+
+struct Lab {
+    client: Netns,
+    node: Netns,
+    _lan: Netns,
+    _remote: Netns,
+    _pod: Netns,
+}
+
+fn lab() -> Lab {
+    let lan = Netns::new("lan");
+    let client = Netns::new("client");
+    let node = Netns::new("node");
+    let remote = Netns::new("remote");
+    let pod = Netns::new("pod");
+    lan.sh("ip link add br0 type bridge");
+    lan.sh("ip link set br0 up");
+    for (ns, port, ip) in [
+        (&client, "lan-c", "192.0.2.2"),
+        (&node, "lan-n", "192.0.2.1"),
+        (&remote, "lan-r", "192.0.2.3"),
+    ] {
+        veth(&lan, port, ns, "eth0");
+        lan.sh(&format!("ip link set {port} master br0"));
+        ns.sh(&format!("ip addr add {ip}/24 dev eth0"));
+    }
+    // The client reaches externalIPs through the node (as an upstream router would route them).
+    client.sh("ip route add 198.18.0.0/24 via 192.0.2.1");
+    // node-a: forwards to its pod; node-b's pod network is behind node-b.
+    veth(&node, "pod0", &pod, "eth0");
+    node.sh("ip addr add 198.51.100.1/24 dev pod0");
+    pod.sh("ip addr add 198.51.100.2/24 dev eth0");
+    pod.sh("ip route add default via 198.51.100.1");
+    node.sh("sysctl -qw net.ipv4.ip_forward=1");
+    node.sh("ip route add 203.0.113.0/24 via 192.0.2.3");
+    remote.sh("ip addr add 203.0.113.10/32 dev lo");
+    serve(&pod, "pod", "198.51.100.2");
+    serve(&remote, "remote", "203.0.113.10");
+    Lab {
+        client,
+        node,
+        _lan: lan,
+        _remote: remote,
+        _pod: pod,
+    }
+}
+
+fn spawn_agent(
+    lab: &Lab,
+    sandbox: &Sandbox,
+    dir: &std::path::Path,
+    log: &tempfile::NamedTempFile,
+) -> Kill {
+    Kill(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.node.name))
+            .arg(env!("CARGO_BIN_EXE_pier-agent"))
+            .arg("--manifests")
+            .arg(dir)
+            .arg("--cgroup")
+            .arg(&sandbox.cgroup)
+            .arg("--pin-dir")
+            .arg(sandbox.bpffs.join("pier"))
+            .args(["--interface", "eth0", "--node-name", "node-a"])
+            .args(["--maglev-table-size", "251", "--health-bind", "192.0.2.1"])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn until_answered(lab: &Lab, to: &'static str, log: &tempfile::NamedTempFile) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ask(&lab.client, to) {
+            Ok(answer) => return answer,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "{to} never answered ({e}); agent log:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+#[test]
+fn traffic_from_outside_reaches_local_and_remote_backends() {
+    if !privileged() {
+        return;
+    }
+    let sandbox = Sandbox::new("nodeport");
+    let lab = lab();
+    // Traffic for the node itself is left alone.
+    let own = lab
+        .node
+        .run(|| TcpListener::bind("192.0.2.1:9999").unwrap());
+    std::thread::spawn(move || {
+        for c in own.incoming() {
+            let _ = c.and_then(|mut c| c.write_all(b"node itself\n"));
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("svc.yaml"), manifests()).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let agent = spawn_agent(&lab, &sandbox, dir.path(), &log);
+    until_answered(&lab, "192.0.2.1:30080", &log);
+
+    // ETP Cluster: both backends; the local pod sees the client's own
+    // address, the remote one sees the node (SNAT, from the SNAT port range).
+    let (mut local, mut remote) = (0, 0);
+    for _ in 0..40 {
+        let answer = ask(&lab.client, "192.0.2.1:30080").unwrap();
+        let (who, peer) = answer.split_once(' ').unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        match who {
+            "pod" => {
+                assert_eq!(peer.ip().to_string(), "192.0.2.2", "{answer}");
+                local += 1;
+            }
+            "remote" => {
+                assert_eq!(peer.ip().to_string(), "192.0.2.1", "{answer}");
+                assert!((61000..=65535).contains(&peer.port()), "{answer}");
+                remote += 1;
+            }
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    assert!(local > 0 && remote > 0, "local {local}, remote {remote}");
+
+    // An externalIP routed to the node, and UDP both ways.
+    let answer = until_answered(&lab, "198.18.0.100:80", &log);
+    assert!(
+        answer.starts_with("pod ") || answer.starts_with("remote "),
+        "{answer}"
+    );
+    let mut udp_seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let answer = ask_udp(&lab.client, "192.0.2.1:30180").unwrap();
+        udp_seen.insert(answer.split(' ').next().unwrap().to_string());
+    }
+    assert_eq!(udp_seen.len(), 2, "{udp_seen:?}");
+
+    // ETP Local: only the pod on this node, with the client address kept.
+    for _ in 0..10 {
+        let answer = ask(&lab.client, "192.0.2.1:30081").unwrap();
+        assert!(answer.starts_with("pod 192.0.2.2:"), "{answer}");
+    }
+    assert_eq!(ask(&lab.client, "192.0.2.1:9999").unwrap(), "node itself");
+
+    // A stream through the NodePort survives an agent restart (the pinned
+    // links and conntrack stay), and new connections keep working.
+    let held = lab.client.run(|| {
+        let c = TcpStream::connect("192.0.2.1:30081").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c
+    });
+    let roundtrip = |c: &mut TcpStream| {
+        c.write_all(b"again\n").unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).trim().to_string()
+    };
+    let mut held = held;
+    let first = roundtrip(&mut held);
+    drop(agent);
+    assert!(ask(&lab.client, "192.0.2.1:30081")
+        .unwrap()
+        .starts_with("pod "));
+    assert_eq!(roundtrip(&mut held), first, "without an agent");
+    let _agent = spawn_agent(&lab, &sandbox, dir.path(), &log);
+    assert!(ask(&lab.client, "192.0.2.1:30081")
+        .unwrap()
+        .starts_with("pod "));
+    assert_eq!(roundtrip(&mut held), first, "after the restart");
+
+    let status = Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+        .args(["status", "--pin-dir"])
+        .arg(sandbox.bpffs.join("pier"))
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("192.0.2.1:30080"), "{status}");
+    assert!(
+        status.contains("198.18.0.100:80") && status.contains("external"),
+        "{status}"
+    );
+    let ct: usize = status
+        .lines()
+        .find_map(|l| l.strip_suffix(" conntrack entries"))
+        .expect("conntrack line")
+        .parse()
+        .unwrap();
+    assert!(ct >= 2, "{status}");
+}

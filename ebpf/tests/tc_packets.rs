@@ -1,0 +1,374 @@
+//! The tc programs run by the kernel on crafted packets (`BPF_PROG_TEST_RUN`):
+//! verdicts, rewritten addresses, ports and checksums, and packets that must
+//! be left exactly as they came (fragments, truncated or odd headers).
+
+mod common;
+use common::*;
+use pier_agent::loader::{read_stats, test_run, LbMaps, MapSizes, NodePortLb};
+use pier_agent::maps::*;
+use pier_agent::plan::{diff, MapState};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const CLIENT: [u8; 4] = [192, 0, 2, 2];
+const NODE: [u8; 4] = [192, 0, 2, 1];
+const POD_A: [u8; 4] = [198, 51, 100, 2];
+const POD_B: [u8; 4] = [198, 51, 100, 3];
+
+/// The Internet checksum of `data` (one's complement sum), folded.
+fn sum16(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// What to put on the wire.
+#[derive(Clone)]
+struct Spec {
+    proto: u8,
+    src: Endpoint,
+    dst: Endpoint,
+    ip_options: Vec<u8>,
+    frag_off: u16,
+    udp_checksum: bool,
+}
+
+fn tcp(src: Endpoint, dst: Endpoint) -> Spec {
+    Spec {
+        proto: PROTO_TCP,
+        src,
+        dst,
+        ip_options: Vec::new(),
+        frag_off: 0,
+        udp_checksum: true,
+    }
+}
+
+fn udp(src: Endpoint, dst: Endpoint) -> Spec {
+    Spec {
+        proto: PROTO_UDP,
+        ..tcp(src, dst)
+    }
+}
+
+/// Ethernet + IPv4 (+ options) + TCP (SYN) or UDP + 6 bytes of payload, all
+/// checksums right.
+fn packet(s: &Spec) -> Vec<u8> {
+    let payload = b"hello!";
+    let mut l4 = Vec::new();
+    l4.extend(s.src.1.to_be_bytes());
+    l4.extend(s.dst.1.to_be_bytes());
+    if s.proto == PROTO_TCP {
+        l4.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        l4.extend(((8 + payload.len()) as u16).to_be_bytes());
+        l4.extend([0, 0]);
+    }
+    l4.extend(payload);
+    let csum_at = if s.proto == PROTO_TCP { 16 } else { 6 };
+    if s.proto == PROTO_TCP || s.udp_checksum {
+        let c = l4_checksum(s.src.0, s.dst.0, s.proto, &l4);
+        l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let ihl = 5 + s.ip_options.len() / 4;
+    let mut ip = vec![0x40 | ihl as u8, 0];
+    ip.extend(((ihl * 4 + l4.len()) as u16).to_be_bytes());
+    ip.extend([0, 1]);
+    ip.extend(s.frag_off.to_be_bytes());
+    ip.extend([64, s.proto, 0, 0]);
+    ip.extend(s.src.0);
+    ip.extend(s.dst.0);
+    ip.extend(&s.ip_options);
+    let c = sum16(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend(ip);
+    frame.extend(l4);
+    frame
+}
+
+fn l4_checksum(src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend(src);
+    pseudo.extend(dst);
+    pseudo.extend([0, proto]);
+    pseudo.extend((l4.len() as u16).to_be_bytes());
+    pseudo.extend(l4);
+    sum16(&pseudo, 0)
+}
+
+/// An IPv4 address and port.
+type Endpoint = ([u8; 4], u16);
+
+/// Source, destination and transport checksum of a frame, after checking both checksums.
+fn read(frame: &[u8]) -> (Endpoint, Endpoint, u16) {
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    assert_eq!(sum16(&ip[..ihl], 0), 0, "IP header checksum");
+    let src: [u8; 4] = ip[12..16].try_into().unwrap();
+    let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+    let l4 = &ip[ihl..usize::from(u16::from_be_bytes([ip[2], ip[3]]))];
+    let csum = if ip[9] == PROTO_TCP {
+        u16::from_be_bytes([l4[16], l4[17]])
+    } else {
+        u16::from_be_bytes([l4[6], l4[7]])
+    };
+    if csum != 0 || ip[9] == PROTO_TCP {
+        assert_eq!(l4_checksum(src, dst, ip[9], l4), 0, "transport checksum");
+    }
+    let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    ((src, port(0)), (dst, port(2)), csum)
+}
+
+fn backend(address: [u8; 4], port: u16, proto: u8) -> Lb4Backend {
+    Lb4Backend {
+        address,
+        port_be: port.to_be(),
+        proto,
+        flags: BACKEND_LOCAL,
+    }
+}
+
+/// Services on the node address: TCP 30080 → pod A, UDP 30053 → pod A,
+/// TCP 30099 with no endpoints, TCP 30090 → pods A and B (random).
+fn services() -> MapState {
+    let mut s = MapState::default();
+    s.backends.insert(1, backend(POD_A, 8080, PROTO_TCP));
+    s.backends.insert(2, backend(POD_A, 5353, PROTO_UDP));
+    s.backends.insert(3, backend(POD_B, 8080, PROTO_TCP));
+    let mut add = |id: u32, port: u16, proto: u8, backends: &[u32]| {
+        for (i, b) in backends.iter().enumerate() {
+            s.slots.insert(
+                Lb4SlotKey {
+                    service_id: id,
+                    slot: i as u32 + 1,
+                },
+                *b,
+            );
+        }
+        let key = Lb4Key {
+            address: NODE,
+            port_be: port.to_be(),
+            proto,
+            scope: SCOPE_NODEPORT,
+        };
+        let value = Lb4Service {
+            service_id: id,
+            backend_count: backends.len() as u16,
+            flags: 0,
+            affinity_timeout_s: 0,
+            maglev_size: 0,
+        };
+        s.services.insert(key, value);
+    };
+    add(1, 30080, PROTO_TCP, &[1]);
+    add(2, 30053, PROTO_UDP, &[2]);
+    add(3, 30099, PROTO_TCP, &[]);
+    add(4, 30090, PROTO_TCP, &[1, 3]);
+    s
+}
+
+struct Loaded {
+    programs: NodePortLb,
+    maps: LbMaps,
+    pins: std::path::PathBuf,
+    _sandbox: Sandbox,
+}
+
+fn load() -> Loaded {
+    let sandbox = Sandbox::new("tc");
+    let pins = sandbox.bpffs.join("pier");
+    let config = Config {
+        snat_address: NODE,
+        snat_port_min: 61000,
+        snat_port_max: 65535,
+        tcp_timeout_s: 3600,
+        udp_timeout_s: 60,
+    };
+    let programs = NodePortLb::load(&pins, &MapSizes::default(), &config).unwrap();
+    let mut maps = LbMaps::open(&pins).unwrap();
+    maps.apply(&diff(&MapState::default(), &services()))
+        .unwrap();
+    Loaded {
+        programs,
+        maps,
+        pins,
+        _sandbox: sandbox,
+    }
+}
+
+impl Loaded {
+    fn run(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        test_run(self.programs.program_fd(program).unwrap(), frame).unwrap()
+    }
+    fn ingress(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run("pier_nodeport_ingress", frame)
+    }
+    fn counter(&self, reason: &str) -> u64 {
+        let stats = read_stats(&self.pins).unwrap();
+        stats.counters.iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+}
+
+#[test]
+fn a_new_flow_is_dnated_and_its_replies_get_the_service_address_back() {
+    if !privileged() {
+        return;
+    }
+    let lb = load();
+    for options in [vec![], vec![1, 1, 1, 0]] {
+        // Without and with IP options (NOP NOP NOP EOL): ports are found after them.
+        let mut syn = tcp((CLIENT, 40000), (NODE, 30080));
+        syn.ip_options = options.clone();
+        let (verdict, out) = lb.ingress(&packet(&syn));
+        assert_eq!(verdict, TC_ACT_OK);
+        let (src, dst, _) = read(&out);
+        assert_eq!(
+            src,
+            (CLIENT, 40000),
+            "the client address is kept (local backend)"
+        );
+        assert_eq!(dst, (POD_A, 8080));
+
+        let mut reply = tcp((POD_A, 8080), (CLIENT, 40000));
+        reply.ip_options = options;
+        let (verdict, out) = lb.run("pier_nodeport_egress", &packet(&reply));
+        assert_eq!(verdict, TC_ACT_OK);
+        let (src, dst, _) = read(&out);
+        assert_eq!(src, (NODE, 30080));
+        assert_eq!(dst, (CLIENT, 40000));
+    }
+}
+
+#[test]
+fn udp_checksums_are_fixed_and_an_absent_one_stays_absent() {
+    if !privileged() {
+        return;
+    }
+    let lb = load();
+    let (verdict, out) = lb.ingress(&packet(&udp((CLIENT, 5000), (NODE, 30053))));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (_, dst, csum) = read(&out);
+    assert_eq!(dst, (POD_A, 5353));
+    assert_ne!(csum, 0);
+    let mut none = udp((CLIENT, 5001), (NODE, 30053));
+    none.udp_checksum = false;
+    let (_, out) = lb.ingress(&packet(&none));
+    let (_, dst, csum) = read(&out);
+    assert_eq!(dst, (POD_A, 5353));
+    assert_eq!(csum, 0, "no checksum means none after NAT too");
+}
+
+#[test]
+fn packets_pier_cannot_parse_with_certainty_are_left_untouched() {
+    if !privileged() {
+        return;
+    }
+    let lb = load();
+    let to_service = tcp((CLIENT, 40001), (NODE, 30080));
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut first_fragment = to_service.clone();
+    first_fragment.frag_off = 0x2000; // more fragments
+    cases.push(("first fragment", packet(&first_fragment)));
+    let mut later_fragment = to_service.clone();
+    later_fragment.frag_off = 0x0010;
+    cases.push(("later fragment", packet(&later_fragment)));
+    let full = packet(&to_service);
+    cases.push(("TCP header cut short", full[..14 + 20 + 10].to_vec()));
+    let mut long = full.clone();
+    long[16..18].copy_from_slice(&200u16.to_be_bytes()); // IP total length past the end
+    cases.push(("IP length past the end", long));
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x43; // header length 12 bytes
+    cases.push(("IP header length below 20", bad_ihl));
+    let mut bad_doff = full.clone();
+    bad_doff[14 + 20 + 12] = 0x20; // TCP data offset 8 bytes
+    cases.push(("TCP data offset below 20", bad_doff));
+    let mut arp = full.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    cases.push(("not IPv4", arp));
+    // (A frame cut inside the IP header is refused by BPF_PROG_TEST_RUN itself.)
+    let mut long_options = full.clone();
+    long_options[14] = 0x4f; // 60-byte header: options running into the TCP header
+    cases.push(("IP options past the transport header", long_options));
+    cases.push(("not a service", packet(&tcp((CLIENT, 40002), (NODE, 22)))));
+    let fragments_before = lb.counter("fragment_passed");
+    let malformed_before = lb.counter("malformed_passed");
+    for (what, frame) in &cases {
+        let (verdict, out) = lb.ingress(frame);
+        assert_eq!(verdict, TC_ACT_OK, "{what}");
+        assert_eq!(&out, frame, "{what}: changed");
+    }
+    assert_eq!(lb.counter("fragment_passed") - fragments_before, 2);
+    assert_eq!(lb.counter("malformed_passed") - malformed_before, 5);
+}
+
+#[test]
+fn a_service_without_endpoints_drops_and_counts() {
+    if !privileged() {
+        return;
+    }
+    let lb = load();
+    let (verdict, _) = lb.ingress(&packet(&tcp((CLIENT, 40003), (NODE, 30099))));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(lb.counter("no_backend"), 1);
+}
+
+#[test]
+fn a_flow_keeps_its_backend_until_that_backend_leaves() {
+    if !privileged() {
+        return;
+    }
+    let mut lb = load();
+    let syn = packet(&tcp((CLIENT, 40004), (NODE, 30090)));
+    let backend_of = |lb: &Loaded| read(&lb.ingress(&syn).1).1 .0;
+    let first = backend_of(&lb);
+    for _ in 0..20 {
+        assert_eq!(
+            backend_of(&lb),
+            first,
+            "conntrack keeps the flow on one backend"
+        );
+    }
+    // The chosen backend leaves the service (and the node): the flow is balanced again.
+    let before = services();
+    let mut after = before.clone();
+    let (gone, stays) = if first == POD_A { (1, 3) } else { (3, 1) };
+    after.backends.remove(&gone);
+    after.slots.insert(
+        Lb4SlotKey {
+            service_id: 4,
+            slot: 1,
+        },
+        stays,
+    );
+    after.slots.remove(&Lb4SlotKey {
+        service_id: 4,
+        slot: 2,
+    });
+    let key = *after
+        .services
+        .keys()
+        .find(|k| k.port_be == 30090u16.to_be())
+        .unwrap();
+    after.services.get_mut(&key).unwrap().backend_count = 1;
+    // Service 1 used backend 1 too; point it at what stays.
+    if gone == 1 {
+        after.slots.insert(
+            Lb4SlotKey {
+                service_id: 1,
+                slot: 1,
+            },
+            3,
+        );
+    }
+    lb.maps.apply(&diff(&before, &after)).unwrap();
+    let next = backend_of(&lb);
+    assert_ne!(next, first);
+}
