@@ -11,6 +11,7 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod plan;
+pub mod sockets;
 
 /// The socket-LB object (cgroup connect4 / sendmsg4 / recvmsg4 / getpeername4).
 pub static SOCK_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sock.o"));

@@ -296,6 +296,7 @@ pub struct LbMaps {
     slots: BpfHashMap<MapData, Lb4SlotKey, u32>,
     backends: BpfHashMap<MapData, u32, Lb4Backend>,
     maglev: BpfHashMap<MapData, u32, Lb4Maglev>,
+    revnat: BpfHashMap<MapData, Lb4RevNatKey, Lb4RevNat>,
 }
 
 impl LbMaps {
@@ -305,7 +306,24 @@ impl LbMaps {
             slots: open_pinned(pin_dir, MAP_LB4_SLOTS)?,
             backends: open_pinned(pin_dir, MAP_LB4_BACKENDS)?,
             maglev: open_pinned(pin_dir, MAP_LB4_MAGLEV)?,
+            revnat: open_pinned(pin_dir, MAP_LB4_REVNAT)?,
         })
+    }
+
+    /// After `ops` were applied to `before`: destroys connected UDP sockets
+    /// that socket-LB pointed at a backend the ops removed (see
+    /// [`crate::sockets`]). Returns how many.
+    pub fn destroy_stale_sockets(&self, before: &crate::plan::MapState, ops: &[MapOp]) -> usize {
+        let removed: std::collections::BTreeSet<(std::net::Ipv4Addr, u16)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::DeleteBackend(id) => before.backends.get(id),
+                _ => None,
+            })
+            .filter(|b| b.proto == PROTO_UDP)
+            .map(|b| (std::net::Ipv4Addr::from(b.address), u16::from_be(b.port_be)))
+            .collect();
+        crate::sockets::destroy_stale_udp(&removed, &self.revnat)
     }
 
     /// Applies operations in the order given (use [`crate::plan::diff`]'s order).

@@ -287,6 +287,10 @@ impl Programmer {
                     backends = next.backends.len(),
                     "maps updated"
                 );
+                let destroyed = self.lb.destroy_stale_sockets(&self.current, &ops);
+                if destroyed > 0 {
+                    tracing::info!(sockets = destroyed, "stale UDP sockets destroyed");
+                }
                 self.current = next;
             }
             Err(e) => {
