@@ -10,6 +10,7 @@ pub mod health;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod plan;
 pub mod sockets;
 

@@ -76,6 +76,9 @@ struct Args {
     /// How many services reached from outside can have a Maglev table.
     #[arg(long, default_value_t = MapSizes::default().maglev_tables)]
     max_maglev_tables: u32,
+    /// Where /metrics (Prometheus) and /healthz are served.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_bind: std::net::SocketAddr,
     /// Idle timeout of a TCP conntrack entry, in seconds.
     #[arg(long, default_value_t = 21_600)]
     tcp_timeout: u32,
@@ -221,6 +224,15 @@ fn run(args: Args) -> Result<()> {
             .with_context(|| format!("attaching the tc programs to {interface}"))?;
         tracing::info!(interface, node_addresses = ?addresses, snat = ?snat, "NodePort / external traffic attached");
     }
+    let metrics = pier_agent::metrics::Shared::default();
+    let metrics_at = pier_agent::metrics::serve(
+        args.metrics_bind,
+        metrics.clone(),
+        args.pin_dir.clone(),
+        sizes,
+    )
+    .with_context(|| format!("serving metrics on {}", args.metrics_bind))?;
+    tracing::info!(address = %metrics_at, "metrics listening");
     let lb = LbMaps::open(&args.pin_dir)
         .map_err(anyhow::Error::new)
         .context("opening the pinned maps")?;
@@ -231,6 +243,7 @@ fn run(args: Args) -> Result<()> {
         ids: Ids::adopt(&current),
         current,
         lb,
+        metrics,
         _programs: (sock, nodeport),
         node,
         health: HealthChecks::new(args.health_bind),
@@ -264,6 +277,7 @@ fn run(args: Args) -> Result<()> {
 /// Everything needed to turn snapshots into kernel state on this node.
 struct Programmer {
     lb: LbMaps,
+    metrics: pier_agent::metrics::Shared,
     /// Kept loaded for the agent's lifetime (the links are pinned anyway).
     _programs: (SockLb, NodePortLb),
     node: NodeInfo,
@@ -291,9 +305,17 @@ impl Programmer {
                 if destroyed > 0 {
                     tracing::info!(sockets = destroyed, "stale UDP sockets destroyed");
                 }
+                let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+                metrics.record(&next, ops.len(), started.elapsed());
+                metrics.stale_sockets_destroyed += destroyed as u64;
+                drop(metrics);
                 self.current = next;
             }
             Err(e) => {
+                self.metrics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .updates_failed += 1;
                 // Part of the diff may be in the kernel: diff against what is
                 // really there next time, not against what we meant to write.
                 if let Ok(actual) = read_pinned(&self.pin_dir) {

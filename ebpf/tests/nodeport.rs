@@ -303,4 +303,37 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
         .parse()
         .unwrap();
     assert!(ct >= 2, "{status}");
+
+    // The agent's metrics (served inside the node's namespace), once the
+    // restarted agent has programmed its first snapshot (/healthz).
+    let get = |path: &'static str| {
+        lab.node.run(move || {
+            let mut c = TcpStream::connect("127.0.0.1:9464").map_err(|e| e.to_string())?;
+            write!(c, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            let mut body = String::new();
+            c.read_to_string(&mut body).map_err(|e| e.to_string())?;
+            Ok::<String, String>(body)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get("/healthz").is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent never became healthy"
+        );
+    }
+    let metrics = get("/metrics").unwrap();
+    let value = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in\n{metrics}"))
+    };
+    assert!(value("pier_agent_conntrack_entries ") >= 2.0);
+    assert_eq!(
+        value("pier_agent_service_addresses{scope=\"external\"} "),
+        2.0
+    );
+    assert!(value("pier_agent_programming_total{result=\"ok\"} ") >= 1.0);
+    assert!(value("pier_agent_map_capacity{map=\"pier_ct4\"} ") > 0.0);
 }

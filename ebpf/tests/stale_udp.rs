@@ -92,6 +92,7 @@ fn a_removed_udp_backend_aborts_the_sockets_connected_to_it() {
             .arg(&sandbox.cgroup)
             .arg("--pin-dir")
             .arg(sandbox.bpffs.join("pier"))
+            .args(["--metrics-bind", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()
