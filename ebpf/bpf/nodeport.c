@@ -13,6 +13,8 @@
 #include <bpf/bpf_endian.h>
 #include "pier_maps.h"
 #include "lib/lb4.h"
+/* Not used here, but every object creates every shared map: either can be loaded first. */
+#include "lib/lb6.h"
 #include "lib/ct4.h"
 
 #define AF_INET 2

@@ -7,6 +7,9 @@
 #include <bpf/bpf_endian.h>
 #include "pier_maps.h"
 #include "lib/lb4.h"
+#include "lib/lb6.h"
+/* Not used here, but every object creates every shared map: either can be loaded first. */
+#include "lib/ct4.h"
 
 /* From <sys/socket.h>, which a BPF target cannot include. */
 #define SOCK_DGRAM 2
@@ -103,6 +106,87 @@ SEC("cgroup/getpeername4")
 int pier_sock_getpeername4(struct bpf_sock_addr *ctx)
 {
 	return pier_sock_recvmsg4(ctx);
+}
+
+/* IPv6: ClusterIPs (and externalIPs / LB IPs reached from inside) only. */
+static __always_inline int translate6(struct bpf_sock_addr *ctx, int remember)
+{
+	struct pier_lb6_key key = {
+		.port = (__be16)ctx->user_port,
+		.proto = sock_proto(ctx),
+		.scope = PIER_SCOPE_CLUSTER,
+	};
+	const struct pier_lb4_service *svc;
+	const struct pier_lb6_backend *backend;
+	__u32 id;
+
+	key.address[0] = ctx->user_ip6[0];
+	key.address[1] = ctx->user_ip6[1];
+	key.address[2] = ctx->user_ip6[2];
+	key.address[3] = ctx->user_ip6[3];
+	svc = bpf_map_lookup_elem(&pier_lb6_services, &key);
+	if (!svc)
+		return SYS_PROCEED;
+	id = pier_lb_pick_id(svc, bpf_get_netns_cookie(ctx), bpf_get_prandom_u32(), &pier_lb6_backends);
+	backend = id ? bpf_map_lookup_elem(&pier_lb6_backends, &id) : NULL;
+	if (!backend)
+		return SYS_REJECT;
+	if (remember) {
+		struct pier_lb6_revnat_key rkey = {
+			.cookie = bpf_get_socket_cookie(ctx),
+			.address = { backend->address[0], backend->address[1], backend->address[2], backend->address[3] },
+			.port = backend->port,
+		};
+		struct pier_lb6_revnat rval = {
+			.address = { key.address[0], key.address[1], key.address[2], key.address[3] },
+			.port = key.port,
+		};
+		bpf_map_update_elem(&pier_lb6_revnat, &rkey, &rval, BPF_ANY);
+	}
+	ctx->user_ip6[0] = backend->address[0];
+	ctx->user_ip6[1] = backend->address[1];
+	ctx->user_ip6[2] = backend->address[2];
+	ctx->user_ip6[3] = backend->address[3];
+	ctx->user_port = backend->port;
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect6")
+int pier_sock_connect6(struct bpf_sock_addr *ctx)
+{
+	return translate6(ctx, ctx->type == SOCK_DGRAM);
+}
+
+SEC("cgroup/sendmsg6")
+int pier_sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return translate6(ctx, 1);
+}
+
+SEC("cgroup/recvmsg6")
+int pier_sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct pier_lb6_revnat_key rkey = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.address = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] },
+		.port = (__be16)ctx->user_port,
+	};
+	struct pier_lb6_revnat *orig = bpf_map_lookup_elem(&pier_lb6_revnat, &rkey);
+
+	if (orig) {
+		ctx->user_ip6[0] = orig->address[0];
+		ctx->user_ip6[1] = orig->address[1];
+		ctx->user_ip6[2] = orig->address[2];
+		ctx->user_ip6[3] = orig->address[3];
+		ctx->user_port = orig->port;
+	}
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int pier_sock_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return pier_sock_recvmsg6(ctx);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

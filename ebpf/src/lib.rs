@@ -37,6 +37,10 @@ mod tests {
             "cgroup/sendmsg4",
             "cgroup/recvmsg4",
             "cgroup/getpeername4",
+            "cgroup/connect6",
+            "cgroup/sendmsg6",
+            "cgroup/recvmsg6",
+            "cgroup/getpeername6",
             ".BTF",
             "license",
         ] {
@@ -48,6 +52,12 @@ mod tests {
             crate::maps::MAP_LB4_BACKENDS,
             crate::maps::MAP_LB4_REVNAT,
             crate::maps::MAP_LB4_AFFINITY,
+            crate::maps::MAP_LB4_MAGLEV,
+            crate::maps::MAP_LB6_SERVICES,
+            crate::maps::MAP_LB6_BACKENDS,
+            crate::maps::MAP_LB6_REVNAT,
+            crate::maps::MAP_CT4,
+            crate::maps::MAP_CONFIG,
         ] {
             assert!(has(map), "missing map {map}");
         }

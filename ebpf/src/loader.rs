@@ -46,16 +46,22 @@ mod pod {
     unsafe impl aya::Pod for Lb4RevNatKey {}
     unsafe impl aya::Pod for Lb4RevNat {}
     unsafe impl aya::Pod for Lb4Maglev {}
+    unsafe impl aya::Pod for Lb6Key {}
+    unsafe impl aya::Pod for Lb6Backend {}
     unsafe impl aya::Pod for Ct4Key {}
     unsafe impl aya::Pod for Ct4Entry {}
     unsafe impl aya::Pod for Config {}
 }
 
-const SOCK_PROGRAMS: [&str; 4] = [
+const SOCK_PROGRAMS: [&str; 8] = [
     "pier_sock_connect4",
     "pier_sock_sendmsg4",
     "pier_sock_recvmsg4",
     "pier_sock_getpeername4",
+    "pier_sock_connect6",
+    "pier_sock_sendmsg6",
+    "pier_sock_recvmsg6",
+    "pier_sock_getpeername6",
 ];
 
 const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -146,6 +152,8 @@ fn loader(pin_dir: &Path, sizes: &MapSizes) -> Result<EbpfLoader<'static>, Agent
         .map_max_entries(MAP_LB4_SERVICES, sizes.services)
         .map_max_entries(MAP_LB4_SLOTS, sizes.backends)
         .map_max_entries(MAP_LB4_BACKENDS, sizes.backends)
+        .map_max_entries(MAP_LB6_SERVICES, sizes.services)
+        .map_max_entries(MAP_LB6_BACKENDS, sizes.backends)
         .map_max_entries(MAP_CT4, sizes.conntrack)
         .map_max_entries(MAP_LB4_MAGLEV, sizes.maglev_tables);
     Ok(loader)
@@ -297,6 +305,8 @@ pub struct LbMaps {
     backends: BpfHashMap<MapData, u32, Lb4Backend>,
     maglev: BpfHashMap<MapData, u32, Lb4Maglev>,
     revnat: BpfHashMap<MapData, Lb4RevNatKey, Lb4RevNat>,
+    services6: BpfHashMap<MapData, Lb6Key, Lb4Service>,
+    backends6: BpfHashMap<MapData, u32, Lb6Backend>,
 }
 
 impl LbMaps {
@@ -307,6 +317,8 @@ impl LbMaps {
             backends: open_pinned(pin_dir, MAP_LB4_BACKENDS)?,
             maglev: open_pinned(pin_dir, MAP_LB4_MAGLEV)?,
             revnat: open_pinned(pin_dir, MAP_LB4_REVNAT)?,
+            services6: open_pinned(pin_dir, MAP_LB6_SERVICES)?,
+            backends6: open_pinned(pin_dir, MAP_LB6_BACKENDS)?,
         })
     }
 
@@ -344,6 +356,10 @@ impl LbMaps {
                     self.maglev.insert(id, *value, 0)
                 }
                 MapOp::PutService(k, v) => self.services.insert(k, v, 0),
+                MapOp::PutBackend6(id, b) => self.backends6.insert(id, b, 0),
+                MapOp::PutService6(k, v) => self.services6.insert(k, v, 0),
+                MapOp::DeleteService6(k) => self.services6.remove(k),
+                MapOp::DeleteBackend6(id) => self.backends6.remove(id),
                 MapOp::DeleteService(k) => self.services.remove(k),
                 MapOp::DeleteMaglev(id) => self.maglev.remove(id),
                 MapOp::DeleteSlot(k) => self.slots.remove(k),
@@ -360,6 +376,17 @@ impl LbMaps {
     }
 }
 
+/// Every entry of a pinned hash map.
+fn read_all<K: aya::Pod + Ord, V: aya::Pod>(
+    pin_dir: &Path,
+    name: &str,
+) -> Result<std::collections::BTreeMap<K, V>, AgentError> {
+    let map: BpfHashMap<MapData, K, V> = open_pinned(pin_dir, name)?;
+    map.iter()
+        .map(|entry| entry.map_err(|e| err(name)(&e)))
+        .collect()
+}
+
 fn open_pinned<K: aya::Pod, V: aya::Pod>(
     pin_dir: &Path,
     name: &str,
@@ -372,22 +399,14 @@ fn open_pinned<K: aya::Pod, V: aya::Pod>(
 /// Reads the pinned lb4 maps back (for `status`, and so a restarted agent
 /// reconciles against what the kernel really holds).
 pub fn read_pinned(pin_dir: &Path) -> Result<crate::plan::MapState, AgentError> {
-    let mut state = crate::plan::MapState::default();
-    let services: BpfHashMap<MapData, Lb4Key, Lb4Service> = open_pinned(pin_dir, MAP_LB4_SERVICES)?;
-    for entry in services.iter() {
-        let (k, v) = entry.map_err(|e| err(MAP_LB4_SERVICES)(&e))?;
-        state.services.insert(k, v);
-    }
-    let slots: BpfHashMap<MapData, Lb4SlotKey, u32> = open_pinned(pin_dir, MAP_LB4_SLOTS)?;
-    for entry in slots.iter() {
-        let (k, v) = entry.map_err(|e| err(MAP_LB4_SLOTS)(&e))?;
-        state.slots.insert(k, v);
-    }
-    let backends: BpfHashMap<MapData, u32, Lb4Backend> = open_pinned(pin_dir, MAP_LB4_BACKENDS)?;
-    for entry in backends.iter() {
-        let (k, v) = entry.map_err(|e| err(MAP_LB4_BACKENDS)(&e))?;
-        state.backends.insert(k, v);
-    }
+    let mut state = crate::plan::MapState {
+        services: read_all(pin_dir, MAP_LB4_SERVICES)?,
+        slots: read_all(pin_dir, MAP_LB4_SLOTS)?,
+        backends: read_all(pin_dir, MAP_LB4_BACKENDS)?,
+        services6: read_all(pin_dir, MAP_LB6_SERVICES)?,
+        backends6: read_all(pin_dir, MAP_LB6_BACKENDS)?,
+        ..Default::default()
+    };
     // Which tables exist (what they were built from is not recoverable: a
     // placeholder that differs from any plan, so the next diff rewrites them).
     let maglev: BpfHashMap<MapData, u32, Lb4Maglev> = open_pinned(pin_dir, MAP_LB4_MAGLEV)?;
@@ -405,14 +424,34 @@ pub fn read_pinned(pin_dir: &Path) -> Result<crate::plan::MapState, AgentError> 
 /// A readable table of the lb4 maps.
 pub fn render_status(state: &crate::plan::MapState) -> String {
     use std::fmt::Write;
+    use std::net::{IpAddr, SocketAddr};
     let proto = |p: u8| match p {
         PROTO_TCP => "TCP",
         PROTO_UDP => "UDP",
         PROTO_SCTP => "SCTP",
         _ => "?",
     };
-    let addr = |a: [u8; 4], port_be: u16| {
-        format!("{}:{}", std::net::Ipv4Addr::from(a), u16::from_be(port_be))
+    let addr = |ip: IpAddr, port_be: u16| SocketAddr::new(ip, u16::from_be(port_be)).to_string();
+    // (address, proto, scope, service) rows of both families.
+    let rows4 = state.services.iter().map(|(k, v)| {
+        let ip = IpAddr::from(k.address);
+        (addr(ip, k.port_be), k.proto, k.scope, v)
+    });
+    let rows6 = state.services6.iter().map(|(k, v)| {
+        let ip = IpAddr::from(k.address);
+        (addr(ip, k.port_be), k.proto, k.scope, v)
+    });
+    let backend = |id: &u32| -> Option<String> {
+        let b4 = state
+            .backends
+            .get(id)
+            .map(|b| addr(b.address.into(), b.port_be));
+        b4.or_else(|| {
+            state
+                .backends6
+                .get(id)
+                .map(|b| addr(b.address.into(), b.port_be))
+        })
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -420,20 +459,21 @@ pub fn render_status(state: &crate::plan::MapState) -> String {
         "{:<24} {:<5} {:<9} {:>4}  BACKENDS",
         "SERVICE ADDRESS", "PROTO", "SCOPE", "ID"
     );
-    for (k, svc) in &state.services {
+    for (address, p, scope, svc) in rows4.chain(rows6) {
         let backends: Vec<String> = (1..=u32::from(svc.backend_count))
             .map(|slot| {
+                let key = Lb4SlotKey {
+                    service_id: svc.service_id,
+                    slot,
+                };
                 state
                     .slots
-                    .get(&Lb4SlotKey {
-                        service_id: svc.service_id,
-                        slot,
-                    })
-                    .and_then(|id| state.backends.get(id))
-                    .map_or_else(|| "<missing>".to_string(), |b| addr(b.address, b.port_be))
+                    .get(&key)
+                    .and_then(backend)
+                    .unwrap_or_else(|| "<missing>".to_string())
             })
             .collect();
-        let scope = match k.scope {
+        let scope = match scope {
             SCOPE_NODEPORT => "nodeport",
             SCOPE_EXTERNAL => "external",
             _ => "cluster",
@@ -445,19 +485,16 @@ pub fn render_status(state: &crate::plan::MapState) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<5} {:<9} {:>4}  {}",
-            addr(k.address, k.port_be),
-            proto(k.proto),
-            scope,
+            "{address:<24} {:<5} {scope:<9} {:>4}  {shown}",
+            proto(p),
             svc.service_id,
-            shown
         );
     }
     let _ = writeln!(
         out,
         "{} service addresses, {} backends",
-        state.services.len(),
-        state.backends.len()
+        state.services.len() + state.services6.len(),
+        state.backends.len() + state.backends6.len()
     );
     out
 }

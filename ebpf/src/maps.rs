@@ -62,6 +62,26 @@ pub struct Lb4Backend {
     pub flags: u8,
 }
 
+/// `struct pier_lb6_key`. Address and port in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb6Key {
+    pub address: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+/// `struct pier_lb6_backend`, keyed by a backend id (`u32`, unique across families).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb6Backend {
+    pub address: [u8; 16],
+    pub port_be: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
 /// `struct pier_lb4_revnat_key`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +175,8 @@ pub const COUNTERS: [(u32, &str); 5] = [
     (4, "malformed_passed"),
 ];
 
+const _: () = assert!(size_of::<Lb6Key>() == 20);
+const _: () = assert!(size_of::<Lb6Backend>() == 20);
 const _: () = assert!(size_of::<Lb4Maglev>() == 4 * MAGLEV_MAX);
 const _: () = assert!(size_of::<Ct4Key>() == 16);
 const _: () = assert!(size_of::<Ct4Entry>() == 32);
@@ -175,6 +197,9 @@ pub const MAP_LB4_BACKENDS: &str = "pier_lb4_backends";
 pub const MAP_LB4_REVNAT: &str = "pier_lb4_revnat";
 pub const MAP_LB4_AFFINITY: &str = "pier_lb4_affinity";
 pub const MAP_LB4_MAGLEV: &str = "pier_lb4_maglev";
+pub const MAP_LB6_SERVICES: &str = "pier_lb6_services";
+pub const MAP_LB6_BACKENDS: &str = "pier_lb6_backends";
+pub const MAP_LB6_REVNAT: &str = "pier_lb6_revnat";
 pub const MAP_CT4: &str = "pier_ct4";
 pub const MAP_CONFIG: &str = "pier_config";
 pub const MAP_COUNTERS: &str = "pier_counters";

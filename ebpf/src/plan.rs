@@ -46,6 +46,9 @@ pub struct MapState {
     pub backends: BTreeMap<u32, Lb4Backend>,
     /// Maglev tables by service id, for the views reached from outside.
     pub maglev: BTreeMap<u32, MaglevSpec>,
+    /// IPv6 service addresses (their slots are in `slots`).
+    pub services6: BTreeMap<Lb6Key, Lb4Service>,
+    pub backends6: BTreeMap<u32, Lb6Backend>,
 }
 
 /// Identifiers that must stay stable across plans (and agent restarts, once
@@ -54,6 +57,7 @@ pub struct MapState {
 pub struct Ids {
     services: BTreeMap<String, u32>,
     backends: BTreeMap<Lb4Backend, u32>,
+    backends6: BTreeMap<Lb6Backend, u32>,
     next_service: u32,
     next_backend: u32,
 }
@@ -67,9 +71,14 @@ impl Ids {
             ids.backends.insert(Lb4Backend { flags: 0, ..*b }, *id);
             ids.next_backend = ids.next_backend.max(*id);
         }
+        for (id, b) in &state.backends6 {
+            ids.backends6.insert(Lb6Backend { flags: 0, ..*b }, *id);
+            ids.next_backend = ids.next_backend.max(*id);
+        }
         ids.next_service = state
             .services
             .values()
+            .chain(state.services6.values())
             .map(|s| s.service_id)
             .max()
             .unwrap_or(0);
@@ -83,6 +92,8 @@ impl Ids {
         self.services.retain(|_, id| used_services.contains(id));
         self.backends
             .retain(|_, id| state.backends.contains_key(id));
+        self.backends6
+            .retain(|_, id| state.backends6.contains_key(id));
     }
 
     fn service(&mut self, name: &str) -> u32 {
@@ -92,6 +103,17 @@ impl Ids {
         self.next_service += 1;
         self.services.insert(name.to_string(), self.next_service);
         self.next_service
+    }
+
+    /// Backend ids are unique across both families (the slot map is shared).
+    fn backend6(&mut self, b: &Lb6Backend) -> u32 {
+        let key = Lb6Backend { flags: 0, ..*b };
+        if let Some(id) = self.backends6.get(&key) {
+            return *id;
+        }
+        self.next_backend += 1;
+        self.backends6.insert(key, self.next_backend);
+        self.next_backend
     }
 
     fn backend(&mut self, b: &Lb4Backend) -> u32 {
@@ -149,21 +171,96 @@ fn endpoints<'a>(
 struct View<'a> {
     name: String,
     keys: Vec<Lb4Key>,
+    /// IPv6 addresses of the view (socket LB only: no Maglev, no tc).
+    keys6: Vec<Lb6Key>,
     endpoints: Vec<&'a Endpoint>,
     flags: u16,
     /// Reached from outside: backends chosen by Maglev so every node agrees.
     maglev: bool,
 }
 
-/// Writes one view of a service with its slots; nothing when it has no IPv4
-/// address to be reached on.
+fn backend_flags(e: &Endpoint, node: &NodeInfo) -> u8 {
+    let mut flags = 0;
+    if e.terminating {
+        flags |= BACKEND_TERMINATING;
+    }
+    if e.node_name.as_deref() == Some(node.name.as_str()) {
+        flags |= BACKEND_LOCAL;
+    }
+    flags
+}
+
+fn service_value(svc: &L4Service, service_id: u32, backends: usize, flags: u16) -> Lb4Service {
+    let mut flags = flags;
+    if svc.session_affinity.is_some() {
+        flags |= SVC_AFFINITY;
+    }
+    Lb4Service {
+        service_id,
+        backend_count: u16::try_from(backends).unwrap_or(u16::MAX),
+        flags,
+        affinity_timeout_s: svc.session_affinity.map_or(0, |a| a.timeout_seconds),
+        maglev_size: 0,
+    }
+}
+
+fn write_slots(state: &mut MapState, service_id: u32, backend_ids: &mut Vec<u32>) {
+    backend_ids.sort_unstable();
+    backend_ids.dedup();
+    for (i, id) in backend_ids.iter().enumerate() {
+        let key = Lb4SlotKey {
+            service_id,
+            slot: i as u32 + 1,
+        };
+        state.slots.insert(key, *id);
+    }
+}
+
+/// The IPv6 half of a view: its own service id (its backends differ), the
+/// IPv6 endpoints, the shared slot map.
+fn add_view6(
+    state: &mut MapState,
+    ids: &mut Ids,
+    svc: &L4Service,
+    view: &View<'_>,
+    node: &NodeInfo,
+) {
+    let service_id = ids.service(&format!("{}/6", view.name));
+    let mut backend_ids = Vec::new();
+    for e in &view.endpoints {
+        let IpAddr::V6(address) = e.address else {
+            continue;
+        };
+        let backend = Lb6Backend {
+            address: address.octets(),
+            port_be: e.port.to_be(),
+            proto: proto(svc.protocol),
+            flags: backend_flags(e, node),
+        };
+        let id = ids.backend6(&backend);
+        state.backends6.insert(id, backend);
+        backend_ids.push(id);
+    }
+    write_slots(state, service_id, &mut backend_ids);
+    let value = service_value(svc, service_id, backend_ids.len(), view.flags);
+    for key in &view.keys6 {
+        state.services6.insert(*key, value);
+    }
+}
+
+/// Writes one view of a service with its slots; nothing for a family it has
+/// no address in.
 fn add_view(state: &mut MapState, ids: &mut Ids, svc: &L4Service, view: View<'_>, node: &NodeInfo) {
+    if !view.keys6.is_empty() {
+        add_view6(state, ids, svc, &view, node);
+    }
     let View {
         name,
         keys,
         endpoints: eps,
         flags: local_flag,
         maglev,
+        ..
     } = view;
     if keys.is_empty() {
         return;
@@ -179,58 +276,29 @@ fn add_view(state: &mut MapState, ids: &mut Ids, svc: &L4Service, view: View<'_>
             address,
             port_be: e.port.to_be(),
             proto: proto(svc.protocol),
-            flags: if e.terminating {
-                BACKEND_TERMINATING
-            } else {
-                0
-            } | if e.node_name.as_deref() == Some(node.name.as_str()) {
-                BACKEND_LOCAL
-            } else {
-                0
-            },
+            flags: backend_flags(e, node),
         };
         let id = ids.backend(&backend);
         state.backends.insert(id, backend);
         backend_ids.push(id);
         named.push((format!("{}:{}", e.address, e.port), id));
     }
-    backend_ids.sort_unstable();
-    backend_ids.dedup();
-    for (i, id) in backend_ids.iter().enumerate() {
-        state.slots.insert(
-            Lb4SlotKey {
-                service_id,
-                slot: i as u32 + 1,
-            },
-            *id,
-        );
-    }
-    let mut flags = local_flag;
-    if svc.session_affinity.is_some() {
-        flags |= SVC_AFFINITY;
-    }
-    let mut maglev_size = 0;
+    write_slots(state, service_id, &mut backend_ids);
+    let mut value = service_value(svc, service_id, backend_ids.len(), local_flag);
     if maglev && !named.is_empty() {
         named.sort();
         named.dedup();
-        maglev_size = match node.maglev_table_size {
+        value.maglev_size = match node.maglev_table_size {
             0 => crate::maglev::DEFAULT_TABLE_SIZE as u32,
             n => n,
         };
-        flags |= SVC_MAGLEV;
+        value.flags |= SVC_MAGLEV;
         let spec = MaglevSpec {
-            size: maglev_size,
+            size: value.maglev_size,
             backends: named,
         };
         state.maglev.insert(service_id, spec);
     }
-    let value = Lb4Service {
-        service_id,
-        backend_count: u16::try_from(backend_ids.len()).unwrap_or(u16::MAX),
-        flags,
-        affinity_timeout_s: svc.session_affinity.map_or(0, |a| a.timeout_seconds),
-        maglev_size,
-    };
     for key in &keys {
         state.services.insert(*key, value);
     }
@@ -249,6 +317,19 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
             proto: proto(svc.protocol),
             scope,
         };
+        let keys6 = |addresses: &mut dyn Iterator<Item = &IpAddr>| -> Vec<Lb6Key> {
+            addresses
+                .filter_map(|a| match a {
+                    IpAddr::V6(a) => Some(Lb6Key {
+                        address: a.octets(),
+                        port_be: svc.port.to_be(),
+                        proto: proto(svc.protocol),
+                        scope: SCOPE_CLUSTER,
+                    }),
+                    IpAddr::V4(_) => None,
+                })
+                .collect()
+        };
         // Internal view: ClusterIPs, under internalTrafficPolicy.
         let internal: Vec<Lb4Key> = svc
             .cluster_ips
@@ -265,6 +346,7 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
         let view = View {
             name: format!("{name}#internal"),
             keys: internal,
+            keys6: keys6(&mut svc.cluster_ips.iter()),
             endpoints: eps,
             flags: flag,
             maglev: false,
@@ -284,6 +366,7 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
         let view = View {
             name: format!("{name}#in-cluster-external"),
             keys: in_cluster,
+            keys6: keys6(&mut svc.external_ips.iter().chain(&svc.load_balancer_ips)),
             endpoints: eps,
             flags: 0,
             maglev: false,
@@ -315,14 +398,19 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
         let view = View {
             name: format!("{name}#external"),
             keys: node_ports,
+            keys6: Vec::new(),
             endpoints: eps,
             flags: flag,
             maglev: true,
         };
         add_view(&mut state, ids, svc, view, node);
     }
-    let used: std::collections::BTreeSet<u32> =
-        state.services.values().map(|s| s.service_id).collect();
+    let used: std::collections::BTreeSet<u32> = state
+        .services
+        .values()
+        .chain(state.services6.values())
+        .map(|s| s.service_id)
+        .collect();
     ids.retain_used(&used, &state);
     state
 }
@@ -331,13 +419,41 @@ pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
     PutBackend(u32, Lb4Backend),
+    PutBackend6(u32, Lb6Backend),
     PutSlot(Lb4SlotKey, u32),
     PutMaglev(u32, MaglevSpec),
     PutService(Lb4Key, Lb4Service),
+    PutService6(Lb6Key, Lb4Service),
     DeleteService(Lb4Key),
+    DeleteService6(Lb6Key),
     DeleteMaglev(u32),
     DeleteSlot(Lb4SlotKey),
     DeleteBackend(u32),
+    DeleteBackend6(u32),
+}
+
+/// Puts for what `new` has and `old` has not (or differently).
+fn puts<K: Ord + Copy, V: PartialEq + Clone>(
+    ops: &mut Vec<MapOp>,
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    op: fn(K, V) -> MapOp,
+) {
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            ops.push(op(*k, v.clone()));
+        }
+    }
+}
+
+/// Deletes for what `old` has and `new` has not.
+fn deletes<K: Ord + Copy, V>(
+    ops: &mut Vec<MapOp>,
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    op: fn(K) -> MapOp,
+) {
+    ops.extend(old.keys().filter(|k| !new.contains_key(k)).map(|k| op(*k)));
 }
 
 /// The operations that turn `old` into `new`, in a safe order: backends,
@@ -346,80 +462,46 @@ pub enum MapOp {
 /// service's slots 1..backend_count and its table point at backends that exist.
 pub fn diff(old: &MapState, new: &MapState) -> Vec<MapOp> {
     let mut ops = Vec::new();
-    for (id, b) in &new.backends {
-        if old.backends.get(id) != Some(b) {
-            ops.push(MapOp::PutBackend(*id, *b));
-        }
-    }
-    for (k, v) in &new.slots {
-        if old.slots.get(k) != Some(v) {
-            ops.push(MapOp::PutSlot(*k, *v));
-        }
-    }
-    for (k, v) in &new.maglev {
-        if old.maglev.get(k) != Some(v) {
-            ops.push(MapOp::PutMaglev(*k, v.clone()));
-        }
-    }
-    for (k, v) in &new.services {
-        if old.services.get(k) != Some(v) {
-            ops.push(MapOp::PutService(*k, *v));
-        }
-    }
-    ops.extend(
-        old.services
-            .keys()
-            .filter(|k| !new.services.contains_key(k))
-            .map(|k| MapOp::DeleteService(*k)),
+    puts(&mut ops, &old.backends, &new.backends, MapOp::PutBackend);
+    puts(&mut ops, &old.backends6, &new.backends6, MapOp::PutBackend6);
+    puts(&mut ops, &old.slots, &new.slots, MapOp::PutSlot);
+    puts(&mut ops, &old.maglev, &new.maglev, MapOp::PutMaglev);
+    puts(&mut ops, &old.services, &new.services, MapOp::PutService);
+    puts(&mut ops, &old.services6, &new.services6, MapOp::PutService6);
+    deletes(&mut ops, &old.services, &new.services, MapOp::DeleteService);
+    deletes(
+        &mut ops,
+        &old.services6,
+        &new.services6,
+        MapOp::DeleteService6,
     );
-    ops.extend(
-        old.maglev
-            .keys()
-            .filter(|k| !new.maglev.contains_key(k))
-            .map(|k| MapOp::DeleteMaglev(*k)),
-    );
-    ops.extend(
-        old.slots
-            .keys()
-            .filter(|k| !new.slots.contains_key(k))
-            .map(|k| MapOp::DeleteSlot(*k)),
-    );
-    ops.extend(
-        old.backends
-            .keys()
-            .filter(|k| !new.backends.contains_key(k))
-            .map(|k| MapOp::DeleteBackend(*k)),
+    deletes(&mut ops, &old.maglev, &new.maglev, MapOp::DeleteMaglev);
+    deletes(&mut ops, &old.slots, &new.slots, MapOp::DeleteSlot);
+    deletes(&mut ops, &old.backends, &new.backends, MapOp::DeleteBackend);
+    deletes(
+        &mut ops,
+        &old.backends6,
+        &new.backends6,
+        MapOp::DeleteBackend6,
     );
     ops
 }
 
 /// Applies one operation to an in-memory state (the tests' model of the kernel maps).
 pub fn apply(state: &mut MapState, op: &MapOp) {
-    match op {
-        MapOp::PutBackend(id, b) => {
-            state.backends.insert(*id, *b);
-        }
-        MapOp::PutSlot(k, v) => {
-            state.slots.insert(*k, *v);
-        }
-        MapOp::PutService(k, v) => {
-            state.services.insert(*k, *v);
-        }
-        MapOp::PutMaglev(k, v) => {
-            state.maglev.insert(*k, v.clone());
-        }
-        MapOp::DeleteMaglev(k) => {
-            state.maglev.remove(k);
-        }
-        MapOp::DeleteService(k) => {
-            state.services.remove(k);
-        }
-        MapOp::DeleteSlot(k) => {
-            state.slots.remove(k);
-        }
-        MapOp::DeleteBackend(id) => {
-            state.backends.remove(id);
-        }
+    match op.clone() {
+        MapOp::PutBackend(id, b) => drop(state.backends.insert(id, b)),
+        MapOp::PutBackend6(id, b) => drop(state.backends6.insert(id, b)),
+        MapOp::PutSlot(k, v) => drop(state.slots.insert(k, v)),
+        MapOp::PutMaglev(k, v) => drop(state.maglev.insert(k, v)),
+        MapOp::PutService(k, v) => drop(state.services.insert(k, v)),
+        MapOp::PutService6(k, v) => drop(state.services6.insert(k, v)),
+        MapOp::DeleteService(k) => drop(state.services.remove(&k)),
+        MapOp::DeleteService6(k) => drop(state.services6.remove(&k)),
+        MapOp::DeleteMaglev(k) => drop(state.maglev.remove(&k)),
+        MapOp::DeleteSlot(k) => drop(state.slots.remove(&k)),
+        MapOp::DeleteBackend(id) => drop(state.backends.remove(&id)),
+        MapOp::DeleteBackend6(id) => drop(state.backends6.remove(&id)),
     }
 }
 
@@ -436,7 +518,15 @@ pub fn consistent(state: &MapState) -> Result<(), String> {
             ));
         }
     }
-    for (key, svc) in &state.services {
+    let v4 = state
+        .services
+        .iter()
+        .map(|(k, v)| (format!("{k:?}"), v, false));
+    let v6 = state
+        .services6
+        .iter()
+        .map(|(k, v)| (format!("{k:?}"), v, true));
+    for (key, svc, six) in v4.chain(v6) {
         for slot in 1..=u32::from(svc.backend_count) {
             let slot_key = Lb4SlotKey {
                 service_id: svc.service_id,
@@ -444,13 +534,18 @@ pub fn consistent(state: &MapState) -> Result<(), String> {
             };
             let Some(backend) = state.slots.get(&slot_key) else {
                 return Err(format!(
-                    "{key:?}: slot {slot} of {} missing",
+                    "{key}: slot {slot} of {} missing",
                     svc.backend_count
                 ));
             };
-            if !state.backends.contains_key(backend) {
+            let exists = if six {
+                state.backends6.contains_key(backend)
+            } else {
+                state.backends.contains_key(backend)
+            };
+            if !exists {
                 return Err(format!(
-                    "{key:?}: slot {slot} points at missing backend {backend}"
+                    "{key}: slot {slot} points at missing backend {backend}"
                 ));
             }
         }

@@ -57,6 +57,35 @@ struct pier_lb4_backend {
 #define PIER_BACKEND_TERMINATING (1 << 0)
 #define PIER_BACKEND_LOCAL (1 << 1)
 
+/* IPv6: the same service value (struct pier_lb4_service) and the same slot
+ * map; service and backend ids are unique across both families. */
+struct pier_lb6_key {
+	__be32 address[4];
+	__be16 port;
+	__u8 proto;
+	__u8 scope;
+};
+
+struct pier_lb6_backend {
+	__be32 address[4];
+	__be16 port;
+	__u8 proto;
+	__u8 flags; /* PIER_BACKEND_* */
+};
+
+struct pier_lb6_revnat_key {
+	__u64 cookie;
+	__be32 address[4];
+	__be16 port;
+	__u16 pad[3];
+};
+
+struct pier_lb6_revnat {
+	__be32 address[4];
+	__be16 port;
+	__u16 pad;
+};
+
 /* Reverse translation for connected / unconnected UDP sockets: keyed by the
  * socket cookie and the backend, gives the virtual address the application
  * thinks it talks to (recvmsg4, getpeername4). */

@@ -87,48 +87,53 @@ static __always_inline __u32 pier_lb4_pick_id(const struct pier_lb4_service *svc
 	return backend_id ? *backend_id : 0;
 }
 
-/* The backend for a client (identified by `client`, e.g. its netns cookie):
- * with sessionAffinity the one it used last, while that backend still exists
- * and the timeout has not passed; otherwise Maglev's choice for `flow_hash`
- * when the service has a table, else a random one. Returns the id too. */
-static __always_inline const struct pier_lb4_backend *
-pier_lb4_pick(const struct pier_lb4_service *svc, __u64 client, __u32 flow_hash, __u32 *picked)
+/* The backend id for a client (identified by `client`, e.g. its netns
+ * cookie): with sessionAffinity the one it used last, while that backend
+ * still exists in `backends` and the timeout has not passed; otherwise
+ * Maglev's choice for `flow_hash` when the service has a table, else a
+ * random one. 0 when the service has no backend. */
+static __always_inline __u32 pier_lb_pick_id(const struct pier_lb4_service *svc, __u64 client,
+					     __u32 flow_hash, void *backends)
 {
 	struct pier_lb4_affinity_key akey = {
 		.netns_cookie = client,
 		.service_id = svc->service_id,
 	};
 	__u64 now = bpf_ktime_get_ns();
-	const struct pier_lb4_backend *backend;
 	__u32 id;
 
 	if (svc->backend_count == 0)
-		return NULL;
+		return 0;
 	if (svc->flags & PIER_SVC_AFFINITY) {
 		struct pier_lb4_affinity *seen = bpf_map_lookup_elem(&pier_lb4_affinity, &akey);
 
-		if (seen && now - seen->last_used_ns < (__u64)svc->affinity_timeout_s * 1000000000ULL) {
-			backend = bpf_map_lookup_elem(&pier_lb4_backends, &seen->backend_id);
-			if (backend) {
-				seen->last_used_ns = now;
-				*picked = seen->backend_id;
-				return backend;
-			}
+		if (seen && now - seen->last_used_ns < (__u64)svc->affinity_timeout_s * 1000000000ULL &&
+		    bpf_map_lookup_elem(backends, &seen->backend_id)) {
+			seen->last_used_ns = now;
+			return seen->backend_id;
 		}
 	}
 	id = pier_lb4_maglev_id(svc, flow_hash);
 	if (!id)
 		id = pier_lb4_pick_id(svc);
-	if (!id)
-		return NULL;
-	*picked = id;
-	backend = bpf_map_lookup_elem(&pier_lb4_backends, &id);
-	if (backend && (svc->flags & PIER_SVC_AFFINITY)) {
+	if (id && (svc->flags & PIER_SVC_AFFINITY)) {
 		struct pier_lb4_affinity val = { .last_used_ns = now, .backend_id = id };
 
 		bpf_map_update_elem(&pier_lb4_affinity, &akey, &val, BPF_ANY);
 	}
-	return backend;
+	return id;
+}
+
+/* The IPv4 backend pier_lb_pick_id chooses, and its id in *picked. */
+static __always_inline const struct pier_lb4_backend *
+pier_lb4_pick(const struct pier_lb4_service *svc, __u64 client, __u32 flow_hash, __u32 *picked)
+{
+	__u32 id = pier_lb_pick_id(svc, client, flow_hash, &pier_lb4_backends);
+
+	if (!id)
+		return NULL;
+	*picked = id;
+	return bpf_map_lookup_elem(&pier_lb4_backends, &id);
 }
 
 #endif

@@ -83,20 +83,43 @@ fn key(vip: [u8; 4], port: u16, scope: u8) -> Lb4Key {
 }
 
 #[test]
-fn a_cluster_ip_gets_all_ready_endpoints_and_ipv6_is_left_out() {
+fn a_dual_stack_cluster_ip_gets_the_ready_endpoints_of_each_family() {
+    let mut v6 = ep(4, "node-b", "z2", true, false);
+    v6.address = "fd00:244::4".parse().unwrap();
     let s = snapshot(vec![(
         service("web", [10, 96, 0, 1]),
         vec![
             ep(1, "node-a", "z1", true, false),
             ep(2, "node-b", "z2", true, false),
             ep(3, "node-b", "z2", false, true),
+            v6,
         ],
     )]);
     let state = plan(&s, &node(), &mut Ids::default());
+    assert_eq!(state.services.len(), 1, "one IPv4 VIP");
+    // The IPv6 ClusterIP (fd00::1) has its own service id and only the IPv6 endpoint.
+    assert_eq!(state.services6.len(), 1);
+    let (key6, svc6) = state.services6.iter().next().unwrap();
     assert_eq!(
-        state.services.len(),
-        1,
-        "one IPv4 VIP; the IPv6 ClusterIP is for the lb6 maps"
+        std::net::Ipv6Addr::from(key6.address),
+        "fd00::1".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    assert_eq!(svc6.backend_count, 1);
+    let id6 = state.slots[&Lb4SlotKey {
+        service_id: svc6.service_id,
+        slot: 1,
+    }];
+    assert_eq!(
+        std::net::Ipv6Addr::from(state.backends6[&id6].address),
+        "fd00:244::4".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    assert!(
+        !state.backends.contains_key(&id6),
+        "backend ids are unique across families"
+    );
+    assert_ne!(
+        svc6.service_id,
+        state.services[&key([10, 96, 0, 1], 80, SCOPE_CLUSTER)].service_id
     );
     assert_eq!(
         backends_of(&state, &key([10, 96, 0, 1], 80, SCOPE_CLUSTER)),
@@ -327,7 +350,7 @@ fn ids_of_services_and_endpoints_that_left_are_forgotten_but_never_reused() {
     let first = plan(&snapshot(vec![web(), old()]), &node(), &mut ids);
     let old_id = first.services[&key([10, 96, 0, 2], 80, SCOPE_CLUSTER)].service_id;
     plan(&snapshot(vec![web()]), &node(), &mut ids);
-    assert_eq!(ids.services.len(), 1);
+    assert_eq!(ids.services.len(), 2, "web's IPv4 and IPv6 ClusterIPs");
     assert_eq!(ids.backends.len(), 1);
     let again = plan(&snapshot(vec![web(), old()]), &node(), &mut ids);
     assert!(
