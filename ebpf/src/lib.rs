@@ -12,6 +12,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod plan;
+pub mod planner;
 pub mod sockets;
 
 /// The socket-LB object (cgroup connect4 / sendmsg4 / recvmsg4 / getpeername4).

@@ -322,16 +322,11 @@ impl LbMaps {
         })
     }
 
-    /// After `ops` were applied to `before`: destroys connected UDP sockets
-    /// that socket-LB pointed at a backend the ops removed (see
-    /// [`crate::sockets`]). Returns how many.
-    pub fn destroy_stale_sockets(&self, before: &crate::plan::MapState, ops: &[MapOp]) -> usize {
-        let removed: std::collections::BTreeSet<(std::net::Ipv4Addr, u16)> = ops
+    /// Destroys connected UDP sockets that socket-LB pointed at one of the
+    /// `removed` backends (see [`crate::sockets`]). Returns how many.
+    pub fn destroy_stale_sockets(&self, removed: &[Lb4Backend]) -> usize {
+        let removed: std::collections::BTreeSet<(std::net::Ipv4Addr, u16)> = removed
             .iter()
-            .filter_map(|op| match op {
-                MapOp::DeleteBackend(id) => before.backends.get(id),
-                _ => None,
-            })
             .filter(|b| b.proto == PROTO_UDP)
             .map(|b| (std::net::Ipv4Addr::from(b.address), u16::from_be(b.port_be)))
             .collect();

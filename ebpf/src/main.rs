@@ -10,7 +10,8 @@ use pier_agent::loader::{
     SockLb,
 };
 use pier_agent::maps::Config;
-use pier_agent::plan::{diff, plan, Ids, MapState, NodeInfo};
+use pier_agent::plan::NodeInfo;
+use pier_agent::planner::Planner;
 use pier_translate::{translate, TranslateOptions};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -240,8 +241,8 @@ fn run(args: Args) -> Result<()> {
     // what they hold, so the first update is a diff, not a rewrite.
     let current = read_pinned(&args.pin_dir).unwrap_or_default();
     let mut programmer = Programmer {
-        ids: Ids::adopt(&current),
-        current,
+        planner: Planner::new(node.clone(), current),
+        needs_full: false,
         lb,
         metrics,
         _programs: (sock, nodeport),
@@ -259,10 +260,10 @@ fn run(args: Args) -> Result<()> {
                 move |e: &str| tracing::warn!(controller = %addr, error = %e, "snapshot stream");
             let (first, stream) =
                 pier_snapshot::stream::first_snapshot(&mut { connect }, &mut warn);
-            programmer.program(&first, std::time::Instant::now());
+            programmer.program(&first, None, std::time::Instant::now());
             pier_snapshot::stream::follow(
                 connect,
-                |s| programmer.program(s, std::time::Instant::now()),
+                |s, changed| programmer.program(s, changed, std::time::Instant::now()),
                 warn,
                 first,
                 stream,
@@ -282,48 +283,65 @@ struct Programmer {
     _programs: (SockLb, NodePortLb),
     node: NodeInfo,
     health: HealthChecks,
-    current: MapState,
-    ids: Ids,
+    planner: Planner,
+    /// Set when an update failed half-way: the next one re-plans everything.
+    needs_full: bool,
     pin_dir: std::path::PathBuf,
 }
 
 impl Programmer {
-    fn program(&mut self, snapshot: &pier_snapshot::Snapshot, started: std::time::Instant) {
-        self.health.update(snapshot, &self.node);
-        let next = plan(snapshot, &self.node, &mut self.ids);
-        let ops = diff(&self.current, &next);
+    /// Programs `snapshot`; `changed` lists the keys a delta touched (then
+    /// only those services are re-planned), `None` means anything may have.
+    fn program(
+        &mut self,
+        snapshot: &pier_snapshot::Snapshot,
+        changed: Option<&pier_snapshot::DeltaKeys>,
+        started: std::time::Instant,
+    ) {
+        let ops = match changed {
+            Some(keys) if !self.needs_full => {
+                let touched = self.planner.touched(&keys.services, &keys.backends);
+                self.planner.update(snapshot, &touched)
+            }
+            _ => self.planner.full(snapshot),
+        };
         match self.lb.apply(&ops) {
             Ok(()) => {
+                self.needs_full = false;
+                let state = self.planner.state();
                 tracing::info!(
                     elapsed_us = started.elapsed().as_micros() as u64,
                     ops = ops.len(),
-                    services = next.services.len(),
-                    backends = next.backends.len(),
+                    services = state.services.len() + state.services6.len(),
+                    backends = state.backends.len() + state.backends6.len(),
                     "maps updated"
                 );
-                let destroyed = self.lb.destroy_stale_sockets(&self.current, &ops);
+                let destroyed = self
+                    .lb
+                    .destroy_stale_sockets(self.planner.removed_backends());
                 if destroyed > 0 {
                     tracing::info!(sockets = destroyed, "stale UDP sockets destroyed");
                 }
                 let mut metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-                metrics.record(&next, ops.len(), started.elapsed());
+                metrics.record(self.planner.state(), ops.len(), started.elapsed());
                 metrics.stale_sockets_destroyed += destroyed as u64;
-                drop(metrics);
-                self.current = next;
             }
             Err(e) => {
                 self.metrics
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .updates_failed += 1;
-                // Part of the diff may be in the kernel: diff against what is
-                // really there next time, not against what we meant to write.
+                // Part of the operations may be in the kernel: re-plan
+                // everything against what is really there next time.
                 if let Ok(actual) = read_pinned(&self.pin_dir) {
-                    self.current = actual;
+                    self.planner.reset_to(actual);
                 }
+                self.needs_full = true;
                 tracing::error!(error = %e, "map update failed; will retry on the next change")
             }
         }
+        // Off the programming path: the health-check listeners follow.
+        self.health.update(snapshot, &self.node);
     }
 }
 
@@ -340,7 +358,7 @@ fn follow_manifests(dir: &std::path::Path, programmer: &mut Programmer) -> Resul
         match loaded.take().expect("set before each turn") {
             Ok(state) => {
                 let started = std::time::Instant::now();
-                programmer.program(&translate(&state, &options).snapshot, started);
+                programmer.program(&translate(&state, &options).snapshot, None, started);
             }
             Err(errors) => {
                 for e in &errors.0 {

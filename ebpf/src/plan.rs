@@ -96,6 +96,31 @@ impl Ids {
             .retain(|_, id| state.backends6.contains_key(id));
     }
 
+    /// [`Ids::retain_used`] for everything `state` uses.
+    pub fn retain_used_by(&mut self, state: &MapState) {
+        let used: std::collections::BTreeSet<u32> = state
+            .services
+            .values()
+            .chain(state.services6.values())
+            .map(|s| s.service_id)
+            .collect();
+        self.retain_used(&used, state);
+    }
+
+    /// Forgets the ids of a service's views (the service left).
+    pub fn forget_service(&mut self, name: &str) {
+        let prefix = format!("{name}#");
+        self.services.retain(|view, _| !view.starts_with(&prefix));
+    }
+
+    pub fn forget_backend(&mut self, b: &Lb4Backend) {
+        self.backends.remove(&Lb4Backend { flags: 0, ..*b });
+    }
+
+    pub fn forget_backend6(&mut self, b: &Lb6Backend) {
+        self.backends6.remove(&Lb6Backend { flags: 0, ..*b });
+    }
+
     fn service(&mut self, name: &str) -> u32 {
         if let Some(id) = self.services.get(name) {
             return *id;
@@ -308,111 +333,117 @@ fn add_view(state: &mut MapState, ids: &mut Ids, svc: &L4Service, view: View<'_>
 pub fn plan(snapshot: &Snapshot, node: &NodeInfo, ids: &mut Ids) -> MapState {
     let mut state = MapState::default();
     for (name, svc) in &snapshot.services.data {
-        let Some(set) = snapshot.backends.data.get(&svc.backends) else {
-            continue;
-        };
-        let key = |address: [u8; 4], port: u16, scope: u8| Lb4Key {
-            address,
-            port_be: port.to_be(),
-            proto: proto(svc.protocol),
-            scope,
-        };
-        let keys6 = |addresses: &mut dyn Iterator<Item = &IpAddr>| -> Vec<Lb6Key> {
-            addresses
-                .filter_map(|a| match a {
-                    IpAddr::V6(a) => Some(Lb6Key {
-                        address: a.octets(),
-                        port_be: svc.port.to_be(),
-                        proto: proto(svc.protocol),
-                        scope: SCOPE_CLUSTER,
-                    }),
-                    IpAddr::V4(_) => None,
-                })
-                .collect()
-        };
-        // Internal view: ClusterIPs, under internalTrafficPolicy.
-        let internal: Vec<Lb4Key> = svc
-            .cluster_ips
-            .iter()
-            .filter_map(v4)
-            .map(|a| key(a, svc.port, SCOPE_CLUSTER))
-            .collect();
-        let eps = endpoints(set, node, svc.internal_traffic_local, svc.prefer_close);
-        let flag = if svc.internal_traffic_local {
-            SVC_LOCAL_INTERNAL
-        } else {
-            0
-        };
-        let view = View {
-            name: format!("{name}#internal"),
-            keys: internal,
-            keys6: keys6(&mut svc.cluster_ips.iter()),
-            endpoints: eps,
-            flags: flag,
-            maglev: false,
-        };
-        add_view(&mut state, ids, svc, view, node);
-        // externalIPs and LoadBalancer IPs reached from inside the cluster (the
-        // socket hook only sees local clients) go to every endpoint, as
-        // kube-proxy does: externalTrafficPolicy is about traffic from outside.
-        let in_cluster: Vec<Lb4Key> = svc
-            .external_ips
-            .iter()
-            .chain(&svc.load_balancer_ips)
-            .filter_map(v4)
-            .map(|a| key(a, svc.port, SCOPE_CLUSTER))
-            .collect();
-        let eps = endpoints(set, node, false, svc.prefer_close);
-        let view = View {
-            name: format!("{name}#in-cluster-external"),
-            keys: in_cluster,
-            keys6: keys6(&mut svc.external_ips.iter().chain(&svc.load_balancer_ips)),
-            endpoints: eps,
-            flags: 0,
-            maglev: false,
-        };
-        add_view(&mut state, ids, svc, view, node);
-        // From outside (tc programs): NodePorts, externalIPs and LB IPs,
-        // under externalTrafficPolicy.
-        let mut node_ports: Vec<Lb4Key> = svc
-            .external_ips
-            .iter()
-            .chain(&svc.load_balancer_ips)
-            .filter_map(v4)
-            .map(|a| key(a, svc.port, SCOPE_EXTERNAL))
-            .collect();
-        if let Some(node_port) = svc.node_port {
-            node_ports.push(key([0, 0, 0, 0], node_port, SCOPE_NODEPORT));
-            node_ports.extend(
-                node.addresses
-                    .iter()
-                    .map(|a| key(a.octets(), node_port, SCOPE_NODEPORT)),
-            );
+        if let Some(set) = snapshot.backends.data.get(&svc.backends) {
+            plan_service(&mut state, name, svc, set, node, ids);
         }
-        let eps = endpoints(set, node, svc.external_traffic_local, svc.prefer_close);
-        let flag = if svc.external_traffic_local {
-            SVC_LOCAL_EXTERNAL
-        } else {
-            0
-        };
-        let view = View {
-            name: format!("{name}#external"),
-            keys: node_ports,
-            keys6: Vec::new(),
-            endpoints: eps,
-            flags: flag,
-            maglev: true,
-        };
-        add_view(&mut state, ids, svc, view, node);
     }
-    let used: std::collections::BTreeSet<u32> = state
-        .services
-        .values()
-        .chain(state.services6.values())
-        .map(|s| s.service_id)
-        .collect();
-    ids.retain_used(&used, &state);
+    ids.retain_used_by(&state);
     state
+}
+
+/// Adds the map content of one L4 service (its internal, in-cluster-external
+/// and from-outside views) to `state`.
+pub fn plan_service(
+    state: &mut MapState,
+    name: &str,
+    svc: &L4Service,
+    set: &BackendSet,
+    node: &NodeInfo,
+    ids: &mut Ids,
+) {
+    let key = |address: [u8; 4], port: u16, scope: u8| Lb4Key {
+        address,
+        port_be: port.to_be(),
+        proto: proto(svc.protocol),
+        scope,
+    };
+    let keys6 = |addresses: &mut dyn Iterator<Item = &IpAddr>| -> Vec<Lb6Key> {
+        addresses
+            .filter_map(|a| match a {
+                IpAddr::V6(a) => Some(Lb6Key {
+                    address: a.octets(),
+                    port_be: svc.port.to_be(),
+                    proto: proto(svc.protocol),
+                    scope: SCOPE_CLUSTER,
+                }),
+                IpAddr::V4(_) => None,
+            })
+            .collect()
+    };
+    // Internal view: ClusterIPs, under internalTrafficPolicy.
+    let internal: Vec<Lb4Key> = svc
+        .cluster_ips
+        .iter()
+        .filter_map(v4)
+        .map(|a| key(a, svc.port, SCOPE_CLUSTER))
+        .collect();
+    let eps = endpoints(set, node, svc.internal_traffic_local, svc.prefer_close);
+    let flag = if svc.internal_traffic_local {
+        SVC_LOCAL_INTERNAL
+    } else {
+        0
+    };
+    let view = View {
+        name: format!("{name}#internal"),
+        keys: internal,
+        keys6: keys6(&mut svc.cluster_ips.iter()),
+        endpoints: eps,
+        flags: flag,
+        maglev: false,
+    };
+    add_view(state, ids, svc, view, node);
+    // externalIPs and LoadBalancer IPs reached from inside the cluster (the
+    // socket hook only sees local clients) go to every endpoint, as
+    // kube-proxy does: externalTrafficPolicy is about traffic from outside.
+    let in_cluster: Vec<Lb4Key> = svc
+        .external_ips
+        .iter()
+        .chain(&svc.load_balancer_ips)
+        .filter_map(v4)
+        .map(|a| key(a, svc.port, SCOPE_CLUSTER))
+        .collect();
+    let eps = endpoints(set, node, false, svc.prefer_close);
+    let view = View {
+        name: format!("{name}#in-cluster-external"),
+        keys: in_cluster,
+        keys6: keys6(&mut svc.external_ips.iter().chain(&svc.load_balancer_ips)),
+        endpoints: eps,
+        flags: 0,
+        maglev: false,
+    };
+    add_view(state, ids, svc, view, node);
+    // From outside (tc programs): NodePorts, externalIPs and LB IPs,
+    // under externalTrafficPolicy.
+    let mut node_ports: Vec<Lb4Key> = svc
+        .external_ips
+        .iter()
+        .chain(&svc.load_balancer_ips)
+        .filter_map(v4)
+        .map(|a| key(a, svc.port, SCOPE_EXTERNAL))
+        .collect();
+    if let Some(node_port) = svc.node_port {
+        node_ports.push(key([0, 0, 0, 0], node_port, SCOPE_NODEPORT));
+        node_ports.extend(
+            node.addresses
+                .iter()
+                .map(|a| key(a.octets(), node_port, SCOPE_NODEPORT)),
+        );
+    }
+    let eps = endpoints(set, node, svc.external_traffic_local, svc.prefer_close);
+    let flag = if svc.external_traffic_local {
+        SVC_LOCAL_EXTERNAL
+    } else {
+        0
+    };
+    let view = View {
+        name: format!("{name}#external"),
+        keys: node_ports,
+        keys6: Vec::new(),
+        endpoints: eps,
+        flags: flag,
+        maglev: true,
+    };
+    add_view(state, ids, svc, view, node);
 }
 
 /// One map operation.

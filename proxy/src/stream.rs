@@ -25,7 +25,7 @@ pub fn fetch_full_retrying(addr: SocketAddr) -> (Snapshot, TcpStream) {
 pub fn follow(addr: SocketAddr, shared: Arc<Shared>, stream: TcpStream, base: Snapshot) {
     pier_snapshot::stream::follow(
         connect(addr),
-        |s| {
+        |s, _| {
             let _ = shared.install(s.clone());
         },
         warn(addr),

@@ -2,7 +2,7 @@
 //! connect, then deltas; on any break, reconnect with back-off and resync.
 //! Data planes call this with their own way to connect and to install.
 
-use crate::{apply_delta, read_frame, Message, Snapshot};
+use crate::{apply_delta_in_place, read_frame, DeltaKeys, Message, Snapshot};
 use std::io::Read;
 use std::time::Duration;
 
@@ -33,31 +33,37 @@ pub fn first_snapshot<S: Read>(
 }
 
 /// Applies the stream forever, starting from `base` read from `stream`.
-/// `install` sees every snapshot; `base` follows the producer even when the
-/// consumer rejects one, so later deltas still apply.
+/// `install` sees every snapshot, with the keys the delta touched (`None`
+/// after a full snapshot: anything may have changed); `base` follows the
+/// producer even when the consumer rejects one, so later deltas still apply.
 pub fn follow<S: Read>(
     mut connect: impl FnMut() -> std::io::Result<S>,
-    mut install: impl FnMut(&Snapshot),
+    mut install: impl FnMut(&Snapshot, Option<&DeltaKeys>),
     mut on_error: impl FnMut(&str),
     mut base: Snapshot,
     mut stream: S,
 ) -> ! {
     loop {
-        let next = match read_frame(&mut stream) {
-            Ok(Some(Message::Delta(delta))) => apply_delta(&base, delta).map_err(|e| e.to_string()),
-            Ok(Some(Message::Full(snapshot))) => Ok(snapshot),
+        let applied = match read_frame(&mut stream) {
+            Ok(Some(Message::Delta(delta))) => {
+                let keys = delta.keys();
+                apply_delta_in_place(&mut base, delta)
+                    .map(|()| Some(keys))
+                    .map_err(|e| e.to_string())
+            }
+            Ok(Some(Message::Full(snapshot))) => {
+                base = snapshot;
+                Ok(None)
+            }
             Ok(None) => Err("the stream closed".to_string()),
             Err(e) => Err(e.to_string()),
         };
-        match next {
-            Ok(snapshot) => {
-                install(&snapshot);
-                base = snapshot;
-            }
+        match applied {
+            Ok(keys) => install(&base, keys.as_ref()),
             Err(e) => {
                 on_error(&format!("{e}; keeping the last snapshot and resyncing"));
                 (base, stream) = first_snapshot(&mut connect, &mut on_error);
-                install(&base);
+                install(&base, None);
             }
         }
     }

@@ -151,6 +151,36 @@ fn apply_keyed<T>(target: &mut Versioned<BTreeMap<String, T>>, delta: KeyedDelta
 /// Applies `delta` to a copy of `base`. The base is left untouched when any
 /// part's base version does not match (the reader must then ask for a full snapshot).
 pub fn apply_delta(base: &Snapshot, delta: Delta) -> Result<Snapshot, WireError> {
+    let mut next = base.clone();
+    apply_delta_in_place(&mut next, delta)?;
+    Ok(next)
+}
+
+/// The keys a delta touches in the keyed parts: what a data plane that keeps
+/// per-key state has to look at again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeltaKeys {
+    pub services: Vec<String>,
+    pub backends: Vec<String>,
+}
+
+impl Delta {
+    pub fn keys(&self) -> DeltaKeys {
+        fn keys_of<T>(d: &Option<KeyedDelta<T>>) -> Vec<String> {
+            d.iter()
+                .flat_map(|d| d.upsert.keys().chain(&d.remove).cloned())
+                .collect()
+        }
+        DeltaKeys {
+            services: keys_of(&self.services),
+            backends: keys_of(&self.backends),
+        }
+    }
+}
+
+/// [`apply_delta`] without copying the base: `base` is only changed when
+/// every part's base version matches (all or nothing).
+pub fn apply_delta_in_place(base: &mut Snapshot, delta: Delta) -> Result<(), WireError> {
     if let Some(d) = &delta.routes {
         check_base("routes", d.base_version, base.routes.version)?;
     }
@@ -166,7 +196,7 @@ pub fn apply_delta(base: &Snapshot, delta: Delta) -> Result<Snapshot, WireError>
     if let Some(d) = &delta.certificates {
         check_base("certificates", d.base_version, base.certificates.version)?;
     }
-    let mut next = base.clone();
+    let next = base;
     if let Some(d) = delta.routes {
         next.routes = d.next;
     }
@@ -182,7 +212,7 @@ pub fn apply_delta(base: &Snapshot, delta: Delta) -> Result<Snapshot, WireError>
     if let Some(d) = delta.certificates {
         apply_keyed(&mut next.certificates, d);
     }
-    Ok(next)
+    Ok(())
 }
 
 /// Decodes any serde value written by [`encode_value`]; used for single parts.

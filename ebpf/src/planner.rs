@@ -1,0 +1,242 @@
+//! Incremental planning. The map content is kept per L4 service, so a change
+//! that touches a few services (an endpoint update) re-plans only those and
+//! yields only their map operations, in the same safe order as
+//! [`crate::plan::diff`]: backends, then slots / tables / services are
+//! written; then what left is deleted, backends last and only when no
+//! service uses them any more.
+
+use crate::plan::{apply, diff, plan_service, Ids, MapOp, MapState, NodeInfo};
+use pier_snapshot::Snapshot;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub struct Planner {
+    node: NodeInfo,
+    ids: Ids,
+    /// Each L4 service's own part of the maps.
+    fragments: BTreeMap<String, MapState>,
+    /// Backend set key → the services using it (what an endpoint change touches).
+    users: BTreeMap<String, BTreeSet<String>>,
+    /// Service → its backend set key.
+    set_of: BTreeMap<String, String>,
+    /// Backend id → how many services' fragments use it.
+    backend_refs: BTreeMap<u32, usize>,
+    /// What the kernel holds: the union of the fragments.
+    state: MapState,
+    /// The IPv4 backends the last operations removed (for stale sockets).
+    removed: Vec<crate::maps::Lb4Backend>,
+}
+
+impl Planner {
+    /// Starts from what the kernel maps already hold (empty, or adopted
+    /// from a previous agent's pinned maps).
+    pub fn new(node: NodeInfo, kernel: MapState) -> Planner {
+        Planner {
+            node,
+            ids: Ids::adopt(&kernel),
+            fragments: BTreeMap::new(),
+            users: BTreeMap::new(),
+            set_of: BTreeMap::new(),
+            backend_refs: BTreeMap::new(),
+            state: kernel,
+            removed: Vec::new(),
+        }
+    }
+
+    /// What the kernel maps hold once the last operations are applied.
+    pub fn state(&self) -> &MapState {
+        &self.state
+    }
+
+    /// The IPv4 backends the last [`Planner::full`] / [`Planner::update`] removed.
+    pub fn removed_backends(&self) -> &[crate::maps::Lb4Backend] {
+        &self.removed
+    }
+
+    /// After a failed update: the kernel holds `actual`; the next
+    /// [`Planner::full`] diffs against it.
+    pub fn reset_to(&mut self, actual: MapState) {
+        self.state = actual;
+    }
+
+    /// Re-plans every service and diffs against the whole kernel state
+    /// (first snapshot, resync, or a source that gives no change list).
+    pub fn full(&mut self, snapshot: &Snapshot) -> Vec<MapOp> {
+        let mut union = MapState::default();
+        self.fragments.clear();
+        self.users.clear();
+        self.set_of.clear();
+        for (name, svc) in &snapshot.services.data {
+            let mut fragment = MapState::default();
+            if let Some(set) = snapshot.backends.data.get(&svc.backends) {
+                plan_service(&mut fragment, name, svc, set, &self.node, &mut self.ids);
+            }
+            merge(&mut union, &fragment);
+            self.users
+                .entry(svc.backends.clone())
+                .or_default()
+                .insert(name.clone());
+            self.set_of.insert(name.clone(), svc.backends.clone());
+            self.fragments.insert(name.clone(), fragment);
+        }
+        self.backend_refs = BTreeMap::new();
+        for fragment in self.fragments.values() {
+            for id in fragment.backends.keys().chain(fragment.backends6.keys()) {
+                *self.backend_refs.entry(*id).or_default() += 1;
+            }
+        }
+        self.ids.retain_used_by(&union);
+        let ops = diff(&self.state, &union);
+        self.removed = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::DeleteBackend(id) => self.state.backends.get(id).copied(),
+                _ => None,
+            })
+            .collect();
+        self.state = union;
+        ops
+    }
+
+    /// The services a change touches: those changed themselves, and those
+    /// whose backend set changed.
+    pub fn touched<'a>(
+        &self,
+        services: impl IntoIterator<Item = &'a String>,
+        backend_sets: impl IntoIterator<Item = &'a String>,
+    ) -> BTreeSet<String> {
+        let mut touched: BTreeSet<String> = services.into_iter().cloned().collect();
+        for set in backend_sets {
+            if let Some(users) = self.users.get(set) {
+                touched.extend(users.iter().cloned());
+            }
+        }
+        touched
+    }
+
+    /// Re-plans only the services in `touched` (added, changed or removed in
+    /// `snapshot`); everything else is known not to have changed.
+    pub fn update(&mut self, snapshot: &Snapshot, touched: &BTreeSet<String>) -> Vec<MapOp> {
+        let mut changes = Vec::new();
+        self.removed.clear();
+        for name in touched {
+            let old = self.fragments.remove(name).unwrap_or_default();
+            if let Some(set_key) = self.set_of.remove(name) {
+                if let Some(users) = self.users.get_mut(&set_key) {
+                    users.remove(name);
+                    if users.is_empty() {
+                        self.users.remove(&set_key);
+                    }
+                }
+            }
+            let mut new = MapState::default();
+            match snapshot.services.data.get(name) {
+                Some(svc) => {
+                    if let Some(set) = snapshot.backends.data.get(&svc.backends) {
+                        plan_service(&mut new, name, svc, set, &self.node, &mut self.ids);
+                    }
+                    self.users
+                        .entry(svc.backends.clone())
+                        .or_default()
+                        .insert(name.clone());
+                    self.set_of.insert(name.clone(), svc.backends.clone());
+                    self.fragments.insert(name.clone(), new.clone());
+                }
+                None => self.ids.forget_service(name),
+            }
+            changes.push((old, new));
+        }
+        let mut ops = Vec::new();
+        // 1. Backends the new fragments use (a backend shared with another
+        //    service is written once, and again only if its flags change).
+        for (_, new) in &changes {
+            for (id, b) in &new.backends {
+                *self.backend_refs.entry(*id).or_default() += 1;
+                if self.state.backends.get(id) != Some(b) {
+                    ops.push(MapOp::PutBackend(*id, *b));
+                    self.state.backends.insert(*id, *b);
+                }
+            }
+            for (id, b) in &new.backends6 {
+                *self.backend_refs.entry(*id).or_default() += 1;
+                if self.state.backends6.get(id) != Some(b) {
+                    ops.push(MapOp::PutBackend6(*id, *b));
+                    self.state.backends6.insert(*id, *b);
+                }
+            }
+        }
+        // 2. Slots, tables and services of each touched service, written then
+        //    deleted per fragment (they are the fragment's own).
+        for (old, new) in &changes {
+            let without_backends = |s: &MapState| MapState {
+                backends: BTreeMap::new(),
+                backends6: BTreeMap::new(),
+                ..s.clone()
+            };
+            ops.extend(diff(&without_backends(old), &without_backends(new)));
+        }
+        // 3. Backends no service uses any more.
+        for (old, _) in &changes {
+            for id in old.backends.keys() {
+                if self.release(*id) {
+                    ops.push(MapOp::DeleteBackend(*id));
+                    if let Some(b) = self.state.backends.remove(id) {
+                        self.ids.forget_backend(&b);
+                        self.removed.push(b);
+                    }
+                }
+            }
+            for id in old.backends6.keys() {
+                if self.release(*id) {
+                    ops.push(MapOp::DeleteBackend6(*id));
+                    if let Some(b) = self.state.backends6.remove(id) {
+                        self.ids.forget_backend6(&b);
+                    }
+                }
+            }
+        }
+        for op in &ops {
+            apply(&mut self.state, op);
+        }
+        ops
+    }
+
+    /// Drops one reference to a backend; true when it was the last.
+    fn release(&mut self, id: u32) -> bool {
+        match self.backend_refs.get_mut(&id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.backend_refs.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Adds `fragment`'s entries to `union`.
+fn merge(union: &mut MapState, fragment: &MapState) {
+    union
+        .services
+        .extend(fragment.services.iter().map(|(k, v)| (*k, *v)));
+    union
+        .slots
+        .extend(fragment.slots.iter().map(|(k, v)| (*k, *v)));
+    union
+        .backends
+        .extend(fragment.backends.iter().map(|(k, v)| (*k, *v)));
+    union
+        .maglev
+        .extend(fragment.maglev.iter().map(|(k, v)| (*k, v.clone())));
+    union
+        .services6
+        .extend(fragment.services6.iter().map(|(k, v)| (*k, *v)));
+    union
+        .backends6
+        .extend(fragment.backends6.iter().map(|(k, v)| (*k, *v)));
+}
+
+#[cfg(test)]
+mod tests;
