@@ -190,7 +190,11 @@ def main():
                 direct = client(direct_probe, BASE_PORT)
                 pier = client(target, 80, cgroup)
                 rows.append((count, "pier (socket LB)", pier, direct))
-                open(os.path.join(mdir, "svc.yaml"), "w").write(manifests(count, moved=count // 2))
+                # Replaced atomically, as a config management tool would: a watcher
+                # must never see a half-written file.
+                staged = os.path.join(work, "staged.yaml")
+                open(staged, "w").write(manifests(count, moved=count // 2))
+                os.replace(staged, os.path.join(mdir, "svc.yaml"))
                 change = wait(lambda: agent_updates(log)[1:])[0]
             finally:
                 agent.terminate(); agent.wait()

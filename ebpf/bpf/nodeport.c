@@ -21,6 +21,9 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define SNAT_TRIES 16
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define PARSE_ICMP -2
 
 /* Where things are in the packet, and its tuple before translation. */
 struct packet {
@@ -49,7 +52,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	end = p->l3 + bpf_ntohs(ip.tot_len);
 	if (ip.version != 4 || ihl < sizeof(ip) || bpf_ntohs(ip.tot_len) < ihl || end > skb->len)
 		goto malformed;
-	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP)
+	if (ip.protocol != IPPROTO_TCP && ip.protocol != IPPROTO_UDP && ip.protocol != IPPROTO_ICMP)
 		return -1;
 	if (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 		/* Only the first fragment has ports: translating it alone would
@@ -58,6 +61,11 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 		return -1;
 	}
 	p->l4 = p->l3 + ihl;
+	p->tuple.saddr = ip.saddr;
+	p->tuple.daddr = ip.daddr;
+	p->tuple.proto = ip.protocol;
+	if (ip.protocol == IPPROTO_ICMP)
+		return PARSE_ICMP;
 	if (ip.protocol == IPPROTO_TCP) {
 		if (bpf_skb_load_bytes(skb, p->l4 + 12, &doff, 1) < 0)
 			goto malformed;
@@ -68,11 +76,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	if (p->l4 + l4_len > end || bpf_skb_load_bytes(skb, p->l4, ports, sizeof(ports)) < 0)
 		goto malformed;
 	p->csum_off = p->l4 + (ip.protocol == IPPROTO_TCP ? 16 : 6);
-	p->tuple.saddr = ip.saddr;
-	p->tuple.daddr = ip.daddr;
 	p->tuple.sport = ports[0];
 	p->tuple.dport = ports[1];
-	p->tuple.proto = ip.protocol;
 	return 0;
 malformed:
 	pier_count(PIER_PASS_MALFORMED);
@@ -274,6 +279,127 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct packet *
 	return translate(skb, p, &fwd);
 }
 
+/* An ICMP error (destination unreachable, time exceeded) quoting a packet of
+ * a translated flow: where the quote is and the quoted packet's tuple. */
+struct icmp_error {
+	__u32 icmp;
+	__u32 inner_l3;
+	__u32 inner_l4;
+	struct pier_ct4_key inner;
+};
+
+static __always_inline int parse_icmp_error(struct __sk_buff *skb, const struct packet *p, struct icmp_error *e)
+{
+	struct iphdr inner;
+	__be16 ports[2];
+	__u8 type;
+
+	if (bpf_skb_load_bytes(skb, p->l4, &type, 1) < 0 ||
+	    (type != ICMP_DEST_UNREACH && type != ICMP_TIME_EXCEEDED))
+		return -1;
+	e->icmp = p->l4;
+	e->inner_l3 = p->l4 + 8;
+	if (bpf_skb_load_bytes(skb, e->inner_l3, &inner, sizeof(inner)) < 0 || inner.version != 4 ||
+	    inner.ihl < 5 || (inner.protocol != IPPROTO_TCP && inner.protocol != IPPROTO_UDP))
+		return -1;
+	e->inner_l4 = e->inner_l3 + inner.ihl * 4;
+	if (bpf_skb_load_bytes(skb, e->inner_l4, ports, sizeof(ports)) < 0)
+		return -1;
+	e->inner.saddr = inner.saddr;
+	e->inner.daddr = inner.daddr;
+	e->inner.sport = ports[0];
+	e->inner.dport = ports[1];
+	e->inner.proto = inner.protocol;
+	return 0;
+}
+
+/* Replaces 4 bytes inside the ICMP payload at `off`, keeping the ICMP checksum right. */
+static __always_inline int icmp_store32(struct __sk_buff *skb, const struct icmp_error *e, __u32 off, __be32 old, __be32 new)
+{
+	if (old == new)
+		return 0;
+	if (bpf_l4_csum_replace(skb, e->icmp + 2, old, new, 4) || bpf_skb_store_bytes(skb, off, &new, 4, 0))
+		return -1;
+	return 0;
+}
+
+static __always_inline int icmp_store16(struct __sk_buff *skb, const struct icmp_error *e, __u32 off, __be16 old, __be16 new)
+{
+	if (old == new)
+		return 0;
+	if (bpf_l4_csum_replace(skb, e->icmp + 2, old, new, 2) || bpf_skb_store_bytes(skb, off, &new, 2, 0))
+		return -1;
+	return 0;
+}
+
+/* An address of the quoted IP header: the quoted header's checksum and the
+ * ICMP checksum (which covers both) follow. */
+static __always_inline int icmp_inner_addr(struct __sk_buff *skb, const struct icmp_error *e, __u32 field,
+					   __be32 old, __be32 new)
+{
+	__u32 check = e->inner_l3 + offsetof(struct iphdr, check);
+	__be16 before, after;
+
+	if (old == new)
+		return 0;
+	if (bpf_skb_load_bytes(skb, check, &before, 2) < 0 || bpf_l3_csum_replace(skb, check, old, new, 4) ||
+	    bpf_skb_load_bytes(skb, check, &after, 2) < 0 ||
+	    bpf_l4_csum_replace(skb, e->icmp + 2, before, after, 2))
+		return -1;
+	return icmp_store32(skb, e, e->inner_l3 + field, old, new);
+}
+
+/* Translates an ICMP error about a known flow the way the flow itself is
+ * translated: the quoted packet becomes the one the other side sent or
+ * received, and the error goes to that side. Conntrack knows the quoted
+ * packet by the reverse of its tuple (the direction the error travels). */
+static __always_inline int translate_icmp_error(struct __sk_buff *skb, struct packet *p, int ingress,
+						const struct pier_config *cfg, __u64 now)
+{
+	struct pier_ct4_key key = {};
+	struct pier_ct4_entry *ct, to = {};
+	struct icmp_error e = {};
+	__u32 ip_check = p->l3 + offsetof(struct iphdr, check);
+	__u8 kind;
+
+	if (parse_icmp_error(skb, p, &e) < 0)
+		return TC_ACT_OK;
+	key.saddr = e.inner.daddr;
+	key.daddr = e.inner.saddr;
+	key.sport = e.inner.dport;
+	key.dport = e.inner.sport;
+	key.proto = e.inner.proto;
+	ct = bpf_map_lookup_elem(&pier_ct4, &key);
+	if (!ct || pier_ct4_expired(ct, key.proto, now, cfg))
+		return TC_ACT_OK;
+	kind = ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT);
+	/* Same split as for the flows: replies from local pods are egress's. */
+	if (ingress == (kind == PIER_CT_REPLY))
+		return TC_ACT_OK;
+	/* The quoted packet as the other side knows it. */
+	if (icmp_inner_addr(skb, &e, offsetof(struct iphdr, saddr), e.inner.saddr, ct->daddr) ||
+	    icmp_inner_addr(skb, &e, offsetof(struct iphdr, daddr), e.inner.daddr, ct->saddr) ||
+	    icmp_store16(skb, &e, e.inner_l4, e.inner.sport, ct->dport) ||
+	    icmp_store16(skb, &e, e.inner_l4 + 2, e.inner.dport, ct->sport))
+		return TC_ACT_SHOT;
+	/* The error goes to that side, from whom it would have come there: the
+	 * peer it quotes, or the node when the flow is SNATed. */
+	to.daddr = ct->daddr;
+	to.saddr = p->tuple.saddr;
+	if (p->tuple.saddr == e.inner.daddr || kind == PIER_CT_SNAT)
+		to.saddr = ct->saddr;
+	if ((to.saddr != p->tuple.saddr &&
+	     (bpf_l3_csum_replace(skb, ip_check, p->tuple.saddr, to.saddr, 4) ||
+	      bpf_skb_store_bytes(skb, p->l3 + offsetof(struct iphdr, saddr), &to.saddr, 4, 0))) ||
+	    (to.daddr != p->tuple.daddr &&
+	     (bpf_l3_csum_replace(skb, ip_check, p->tuple.daddr, to.daddr, 4) ||
+	      bpf_skb_store_bytes(skb, p->l3 + offsetof(struct iphdr, daddr), &to.daddr, 4, 0))))
+		return TC_ACT_SHOT;
+	if (ingress && (kind & PIER_CT_SNAT))
+		return redirect_out(skb, p, &to);
+	return TC_ACT_OK;
+}
+
 /* Traffic arriving from outside: known flows (and replies to SNATed ones)
  * are translated by conntrack; new ones may be for a service. */
 SEC("classifier")
@@ -283,8 +409,14 @@ int pier_nodeport_ingress(struct __sk_buff *skb)
 	struct packet p = {};
 	struct pier_ct4_entry *ct, to;
 	__u64 now = bpf_ktime_get_ns();
+	int parsed;
 
-	if (!cfg || parse(skb, &p) < 0)
+	if (!cfg)
+		return TC_ACT_OK;
+	parsed = parse(skb, &p);
+	if (parsed == PARSE_ICMP)
+		return translate_icmp_error(skb, &p, 1, cfg, now);
+	if (parsed < 0)
 		return TC_ACT_OK;
 	ct = bpf_map_lookup_elem(&pier_ct4, &p.tuple);
 	/* Entries for replies from local pods belong to the egress program. */
@@ -309,8 +441,14 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 	struct packet p = {};
 	struct pier_ct4_entry *ct, to;
 	__u64 now = bpf_ktime_get_ns();
+	int parsed;
 
-	if (!cfg || parse(skb, &p) < 0)
+	if (!cfg)
+		return TC_ACT_OK;
+	parsed = parse(skb, &p);
+	if (parsed == PARSE_ICMP)
+		return translate_icmp_error(skb, &p, 0, cfg, now);
+	if (parsed < 0)
 		return TC_ACT_OK;
 	ct = bpf_map_lookup_elem(&pier_ct4, &p.tuple);
 	if (!ct || (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY ||

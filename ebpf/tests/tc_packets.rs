@@ -372,3 +372,73 @@ fn a_flow_keeps_its_backend_until_that_backend_leaves() {
     let next = backend_of(&lb);
     assert_ne!(next, first);
 }
+
+/// An ICMP "fragmentation needed" from `from` to `to`, quoting the first 28
+/// bytes (IP header + ports) of `quoted`.
+fn icmp_error(from: [u8; 4], to: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+    icmp.extend(&quoted[14..14 + 28]);
+    let c = sum16(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend(((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend([0, 2, 0, 0, 64, 1, 0, 0]);
+    ip.extend(from);
+    ip.extend(to);
+    let c = sum16(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend(ip);
+    frame.extend(icmp);
+    frame
+}
+
+/// Outer source and destination, and the quoted packet's endpoints, after
+/// checking the outer IP, the ICMP and the quoted IP checksums.
+fn read_icmp(frame: &[u8]) -> ([u8; 4], [u8; 4], Endpoint, Endpoint) {
+    let ip = &frame[14..];
+    assert_eq!(sum16(&ip[..20], 0), 0, "outer IP checksum");
+    let icmp = &ip[20..];
+    assert_eq!(sum16(icmp, 0), 0, "ICMP checksum");
+    let inner = &icmp[8..];
+    assert_eq!(sum16(&inner[..20], 0), 0, "quoted IP checksum");
+    let addr = |b: &[u8]| -> [u8; 4] { b[..4].try_into().unwrap() };
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    (
+        addr(&ip[12..]),
+        addr(&ip[16..]),
+        (addr(&inner[12..]), port(&inner[20..])),
+        (addr(&inner[16..]), port(&inner[22..])),
+    )
+}
+
+#[test]
+fn icmp_errors_about_a_translated_flow_are_translated_too() {
+    if !privileged() {
+        return;
+    }
+    let lb = load();
+    let syn = packet(&tcp((CLIENT, 40010), (NODE, 30080)));
+    assert_eq!(lb.ingress(&syn).0, TC_ACT_OK);
+    // The pod says "fragmentation needed" about the packet it received: the
+    // client must see it from the service address, about the packet it sent.
+    let dnated = packet(&tcp((CLIENT, 40010), (POD_A, 8080)));
+    let (verdict, out) = lb.run("pier_nodeport_egress", &icmp_error(POD_A, CLIENT, &dnated));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, dst, quoted_src, quoted_dst) = read_icmp(&out);
+    assert_eq!((src, dst), (NODE, CLIENT));
+    assert_eq!((quoted_src, quoted_dst), ((CLIENT, 40010), (NODE, 30080)));
+    // The client's side says the same about a reply it got from the service:
+    // the pod must get it about the packet it sent.
+    let reply_seen = packet(&tcp((NODE, 30080), (CLIENT, 40010)));
+    let (verdict, out) = lb.ingress(&icmp_error(CLIENT, NODE, &reply_seen));
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, dst, quoted_src, quoted_dst) = read_icmp(&out);
+    assert_eq!((src, dst), (CLIENT, POD_A));
+    assert_eq!((quoted_src, quoted_dst), ((POD_A, 8080), (CLIENT, 40010)));
+    // An error about a flow pier does not know passes untouched.
+    let unknown = packet(&tcp((CLIENT, 40011), (NODE, 22)));
+    let frame = icmp_error(NODE, CLIENT, &unknown);
+    let (verdict, out) = lb.run("pier_nodeport_egress", &frame);
+    assert_eq!((verdict, &out), (TC_ACT_OK, &frame));
+}
