@@ -16,6 +16,15 @@
 
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
+#define ECONNREFUSED 111
+
+/* A service without endpoints: the connect / send fails at once with
+ * ECONNREFUSED (what a client expects from a closed port), not EPERM. */
+static __always_inline int refuse(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return SYS_REJECT;
+}
 
 static __always_inline __u8 sock_proto(struct bpf_sock_addr *ctx)
 {
@@ -54,7 +63,7 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx, int remember)
 	/* A random hash: a NodePort's Maglev table is for flows from outside. */
 	backend = pier_lb4_pick(svc, bpf_get_netns_cookie(ctx), bpf_get_prandom_u32(), &backend_id);
 	if (!backend)
-		return SYS_REJECT; /* a service without endpoints refuses at once */
+		return refuse();
 	if (remember) {
 		struct pier_lb4_revnat_key rkey = {
 			.cookie = bpf_get_socket_cookie(ctx),
@@ -130,7 +139,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx, int remember)
 	id = pier_lb_pick_id(svc, bpf_get_netns_cookie(ctx), bpf_get_prandom_u32(), &pier_lb6_backends);
 	backend = id ? bpf_map_lookup_elem(&pier_lb6_backends, &id) : NULL;
 	if (!backend)
-		return SYS_REJECT;
+		return refuse();
 	if (remember) {
 		struct pier_lb6_revnat_key rkey = {
 			.cookie = bpf_get_socket_cookie(ctx),
