@@ -1,13 +1,22 @@
-//! L4 forwarding: TCPRoute by port, TLSRoute passthrough by SNI (the
-//! ClientHello is peeked, never terminated). Bytes are copied both ways
-//! between the client and an endpoint chosen like for HTTP.
+//! L4 forwarding: TCPRoute by port, and the front of every TLS port, which
+//! peeks the ClientHello's SNI and then passes the TLS bytes through, or
+//! terminates TLS and forwards the plaintext (TLS mode Terminate), or
+//! terminates TLS and hands the connection to the HTTP proxy (HTTPS). One
+//! port can mix all three, and an entry may change kind on a snapshot swap.
+//! Bytes are copied both ways between the client and an endpoint chosen like
+//! for HTTP.
 
 use crate::balancer::pick_weighted;
-use crate::routing::Shared;
+use crate::routing::{Shared, TlsAction};
+use crate::service::PierProxy;
+use crate::tls::{SniCapture, SniResolver};
 use async_trait::async_trait;
 use pier_snapshot::{BackendRef, L4Route};
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
+use pingora::protocols::tls::server::{handshake, handshake_with_callback};
 use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +26,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A ClientHello larger than this is not routed.
 const MAX_HELLO: usize = 16 * 1024;
+/// How long a TLS handshake may take once the ClientHello is in.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct L4Forwarder {
     pub port: u16,
@@ -73,71 +84,156 @@ async fn peek_sni(stream: &mut Stream) -> Option<String> {
     sni_from_client_hello(&record)
 }
 
-impl L4Forwarder {
-    fn route_for(&self, sni: Option<&str>) -> Option<L4Route> {
-        let routing = self.shared.routing.load_full()?;
-        match sni {
-            None => routing.tcp.get(&self.port).cloned(),
-            Some(name) => routing
-                .passthrough
-                .get(&self.port)?
-                .lookup(name)
-                .map(|(_, r)| r.clone()),
+/// Connects to an endpoint of `route` (one retry on another endpoint if the
+/// first refuses) and copies bytes both ways until either side closes.
+async fn forward(shared: &Shared, route: &L4Route, mut session: Stream) -> Option<Stream> {
+    let i = pick_weighted(&route.backends)?;
+    let BackendRef::Service(key) = &route.backends[i].backend else {
+        tracing::debug!(route = %route.source, "unresolved backend; closing");
+        return None;
+    };
+    let routing = shared.routing.load_full()?;
+    let set = routing.snapshot.backends.data.get(key)?;
+    let mut tried = Vec::new();
+    for _ in 0..2 {
+        let (addr, _slot) = shared.balancer.pick(set, &tried)?;
+        tried.push(addr);
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(mut upstream)) => {
+                shared.balancer.connect_succeeded(addr);
+                let _ = upstream.set_nodelay(true);
+                let copied = tokio::io::copy_bidirectional(&mut session, &mut upstream).await;
+                tracing::debug!(route = %route.source, upstream = %addr, ?copied, "L4 connection done");
+                return None;
+            }
+            _ => shared.balancer.connect_failed(addr),
         }
     }
+    None
 }
 
 #[async_trait]
 impl ServerApp for L4Forwarder {
     async fn process_new(
         self: &Arc<Self>,
-        mut session: Stream,
+        session: Stream,
         _shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let is_tls_port = self
+        let route = self
             .shared
             .routing
-            .load()
-            .as_ref()
-            .is_some_and(|r| r.passthrough.contains_key(&self.port));
-        let sni = if is_tls_port {
-            // A client that never finishes its ClientHello is dropped, not kept.
-            match tokio::time::timeout(HELLO_TIMEOUT, peek_sni(&mut session)).await {
-                Ok(name) => Some(name.unwrap_or_default()),
-                Err(_) => return None,
+            .load_full()?
+            .tcp
+            .get(&self.port)
+            .cloned();
+        let Some(route) = route else {
+            tracing::debug!(port = self.port, "no TCP route; closing");
+            return None;
+        };
+        forward(&self.shared, &route, session).await
+    }
+}
+
+/// The TCP stream under a session handed to a listening app (TLS needs the
+/// concrete type, not the boxed one).
+fn raw_tcp(session: Stream) -> Option<pingora::protocols::l4::stream::Stream> {
+    let any = session.into_any();
+    any.downcast::<pingora::protocols::l4::stream::Stream>()
+        .ok()
+        .map(|s| *s)
+}
+
+/// The front of a TLS port (see the module comment).
+pub struct TlsFront {
+    port: u16,
+    shared: Arc<Shared>,
+    http: Arc<HttpProxy<PierProxy>>,
+    /// Terminates for HTTP: ALPN h2 / http/1.1, the SNI kept for 421 checks.
+    https: Acceptor,
+    /// Terminates for TCP: no ALPN.
+    tcp: Acceptor,
+}
+
+impl TlsFront {
+    pub fn new(
+        port: u16,
+        shared: Arc<Shared>,
+        http: Arc<HttpProxy<PierProxy>>,
+    ) -> pingora::Result<TlsFront> {
+        let acceptor = |h2: bool| -> pingora::Result<Acceptor> {
+            let mut settings = TlsSettings::with_callbacks(Box::new(SniCapture))?;
+            settings.set_cert_resolver(Arc::new(SniResolver {
+                port,
+                shared: shared.clone(),
+            }));
+            if h2 {
+                settings.enable_h2();
             }
-        } else {
-            None
+            Ok(settings.build())
         };
-        let Some(route) = self.route_for(sni.as_deref()) else {
-            tracing::debug!(port = self.port, sni = ?sni, "no L4 route; closing");
-            return None;
-        };
-        let i = pick_weighted(&route.backends)?;
-        let BackendRef::Service(key) = &route.backends[i].backend else {
-            tracing::debug!(route = %route.source, "unresolved backend; closing");
-            return None;
-        };
+        Ok(TlsFront {
+            port,
+            https: acceptor(true)?,
+            tcp: acceptor(false)?,
+            shared,
+            http,
+        })
+    }
+
+    fn action(&self, sni: &str) -> Option<TlsAction> {
         let routing = self.shared.routing.load_full()?;
-        let set = routing.snapshot.backends.data.get(key)?;
-        let mut tried = Vec::new();
-        // One retry on another endpoint if the first refuses the connection.
-        for _ in 0..2 {
-            let (addr, _slot) = self.shared.balancer.pick(set, &tried)?;
-            tried.push(addr);
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
-            {
-                Ok(Ok(mut upstream)) => {
-                    self.shared.balancer.connect_succeeded(addr);
-                    let _ = upstream.set_nodelay(true);
-                    let copied = tokio::io::copy_bidirectional(&mut session, &mut upstream).await;
-                    tracing::debug!(route = %route.source, upstream = %addr, ?copied, "L4 connection done");
+        let actions = routing.tls_actions.get(&self.port)?;
+        actions.lookup(sni).map(|(_, a)| a.clone())
+    }
+}
+
+#[async_trait]
+impl ServerApp for TlsFront {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // A client that never finishes its ClientHello is dropped, not kept.
+        let sni = match tokio::time::timeout(HELLO_TIMEOUT, peek_sni(&mut session)).await {
+            Ok(name) => name.unwrap_or_default(),
+            Err(_) => return None,
+        };
+        let Some(action) = self.action(&sni) else {
+            tracing::debug!(port = self.port, sni, "no TLS route for this SNI; closing");
+            return None;
+        };
+        match action {
+            TlsAction::Passthrough(route) => forward(&self.shared, &route, session).await,
+            TlsAction::TerminateTcp(route) => {
+                let tcp = raw_tcp(session)?;
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&self.tcp, tcp)).await;
+                let Ok(Ok(tls)) = tls else {
+                    tracing::debug!(port = self.port, sni, "TLS handshake failed");
                     return None;
+                };
+                forward(&self.shared, &route, Box::new(tls)).await
+            }
+            TlsAction::TerminateHttp => {
+                let tcp = raw_tcp(session)?;
+                let tls = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    handshake_with_callback(&self.https, tcp, &SniCapture),
+                )
+                .await;
+                let Ok(Ok(tls)) = tls else {
+                    tracing::debug!(port = self.port, sni, "TLS handshake failed");
+                    return None;
+                };
+                // The HTTP app hands a kept-alive connection back after each
+                // request: serve it here, it is past the TLS front already.
+                let mut next = self.http.process_new(Box::new(tls), shutdown).await;
+                while let Some(stream) = next {
+                    next = self.http.process_new(stream, shutdown).await;
                 }
-                _ => self.shared.balancer.connect_failed(addr),
+                None
             }
         }
-        None
     }
 }
 

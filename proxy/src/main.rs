@@ -5,16 +5,14 @@ use clap::Parser;
 use pier_proxy::admin::Admin;
 use pier_proxy::args::{Args, Command};
 use pier_proxy::echo::Echo;
-use pier_proxy::l4::L4Forwarder;
-use pier_proxy::routing::{is_passthrough_port, Shared};
+use pier_proxy::l4::{L4Forwarder, TlsFront};
+use pier_proxy::routing::Shared;
 use pier_proxy::service::PierProxy;
-use pier_proxy::tls::{SniCapture, SniResolver};
 use pier_proxy::udp::UdpForwarder;
-use pier_snapshot::{PortProtocol, Snapshot, SniAction};
+use pier_snapshot::{PortProtocol, Snapshot};
 use pier_translate::{translate, TranslateOptions};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
@@ -155,23 +153,23 @@ fn run(args: Args) -> Result<()> {
         opts.h2c = true;
         app.server_options = Some(opts);
     }
+    // TLS ports are fronted by `TlsFront`, which hands terminated HTTPS
+    // connections to this second instance of the same proxy logic.
+    let http_app = Arc::new(pingora::proxy::http_proxy(
+        &server.configuration,
+        PierProxy {
+            shared: shared.clone(),
+            max_body_bytes: args.max_body_bytes,
+            max_header_bytes: args.max_header_bytes,
+        },
+    ));
     // Ports come from the first snapshot; routes on them hot-swap, new ports need a restart.
     let mut l4_services = Vec::new();
+    let mut tls_services = Vec::new();
     let mut udp_services = Vec::new();
     for listener in &snapshot.routes.data.listeners {
         let addr = std::net::SocketAddr::new(args.listen_host, listener.port).to_string();
         match listener.protocol {
-            PortProtocol::Tls if is_passthrough_port(listener) => {
-                let mut service = Service::new(
-                    format!("pier-proxy tls-passthrough :{}", listener.port),
-                    L4Forwarder {
-                        port: listener.port,
-                        shared: shared.clone(),
-                    },
-                );
-                service.add_tcp(&addr);
-                l4_services.push(service);
-            }
             PortProtocol::Tcp => {
                 let mut service = Service::new(
                     format!("pier-proxy tcp :{}", listener.port),
@@ -185,21 +183,11 @@ fn run(args: Args) -> Result<()> {
             }
             PortProtocol::Http => proxy.add_tcp(&addr),
             PortProtocol::Tls => {
-                if listener
-                    .tls
-                    .iter()
-                    .any(|e| !matches!(e.action, SniAction::TerminateHttp { .. }))
-                {
-                    tracing::warn!(port = listener.port, "TLS passthrough / TCP termination mixed with HTTPS on one port is not served yet; only the HTTPS names work");
-                }
-                let mut tls = TlsSettings::with_callbacks(Box::new(SniCapture))
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                tls.set_cert_resolver(Arc::new(SniResolver {
-                    port: listener.port,
-                    shared: shared.clone(),
-                }));
-                tls.enable_h2();
-                proxy.add_tls_with_settings(&addr, None, tls);
+                let front = TlsFront::new(listener.port, shared.clone(), http_app.clone())
+                    .map_err(|e| anyhow::anyhow!("TLS on port {}: {e}", listener.port))?;
+                let mut service = Service::new(format!("pier-proxy tls :{}", listener.port), front);
+                service.add_tcp(&addr);
+                tls_services.push(service);
             }
             PortProtocol::Udp => {
                 udp_services.push(pingora::services::background::background_service(
@@ -224,6 +212,9 @@ fn run(args: Args) -> Result<()> {
             .collect(),
     );
     for service in l4_services {
+        server.add_service(service);
+    }
+    for service in tls_services {
         server.add_service(service);
     }
     for service in udp_services {

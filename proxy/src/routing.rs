@@ -18,12 +18,23 @@ pub struct Routing {
     pub certificates: HashMap<String, Arc<CertifiedKey>>,
     /// Per TLS port: SNI pattern → certificates to offer.
     pub sni: HashMap<u16, HostMap<Vec<Arc<CertifiedKey>>>>,
-    /// Per TLS port served as passthrough: SNI pattern → route.
-    pub passthrough: HashMap<u16, HostMap<L4Route>>,
+    /// Per TLS port: SNI pattern → what to do with the connection.
+    pub tls_actions: HashMap<u16, HostMap<TlsAction>>,
     /// Per TCP port: the route.
     pub tcp: HashMap<u16, L4Route>,
     /// Per UDP port: the route.
     pub udp: HashMap<u16, L4Route>,
+}
+
+/// What a TLS port does with a connection whose ClientHello names an SNI.
+#[derive(Clone, Debug)]
+pub enum TlsAction {
+    /// Terminate and serve HTTP (HTTPS listeners, Ingress TLS).
+    TerminateHttp,
+    /// Terminate and forward the plaintext bytes (TLS listener, mode Terminate).
+    TerminateTcp(L4Route),
+    /// Forward the TLS bytes untouched (TLS listener, mode Passthrough).
+    Passthrough(L4Route),
 }
 
 /// Why a snapshot was not installed.
@@ -47,7 +58,7 @@ impl Routing {
             }
         }
         let mut sni = HashMap::new();
-        let mut passthrough = HashMap::new();
+        let mut tls_actions = HashMap::new();
         let mut tcp = HashMap::new();
         let mut udp = HashMap::new();
         for listener in &snapshot.routes.data.listeners {
@@ -66,27 +77,34 @@ impl Routing {
             if listener.protocol != PortProtocol::Tls {
                 continue;
             }
-            let mut pass = HostMap::default();
-            for entry in &listener.tls {
-                if let SniAction::Passthrough { route } = &entry.action {
-                    pass.insert(&entry.hostname, false, route.clone());
-                }
-            }
-            if is_passthrough_port(listener) {
-                passthrough.insert(listener.port, pass);
-            }
+            let mut actions = HostMap::default();
             let mut map = HostMap::default();
             for entry in &listener.tls {
-                if let SniAction::TerminateHttp { certificates: keys } = &entry.action {
-                    let loaded: Vec<_> = keys
-                        .iter()
-                        .filter_map(|k| certificates.get(k).cloned())
-                        .collect();
-                    if !loaded.is_empty() {
-                        map.insert(&entry.hostname, false, loaded);
+                let (action, keys) = match &entry.action {
+                    SniAction::TerminateHttp { certificates } => {
+                        (TlsAction::TerminateHttp, certificates.as_slice())
                     }
+                    SniAction::TerminateTcp {
+                        certificates,
+                        route,
+                    } => (
+                        TlsAction::TerminateTcp(route.clone()),
+                        certificates.as_slice(),
+                    ),
+                    SniAction::Passthrough { route } => {
+                        (TlsAction::Passthrough(route.clone()), &[][..])
+                    }
+                };
+                actions.insert(&entry.hostname, false, action);
+                let loaded: Vec<_> = keys
+                    .iter()
+                    .filter_map(|k| certificates.get(k).cloned())
+                    .collect();
+                if !loaded.is_empty() {
+                    map.insert(&entry.hostname, false, loaded);
                 }
             }
+            tls_actions.insert(listener.port, actions);
             sni.insert(listener.port, map);
         }
         Ok(Routing {
@@ -94,22 +112,11 @@ impl Routing {
             table,
             certificates,
             sni,
-            passthrough,
+            tls_actions,
             tcp,
             udp,
         })
     }
-}
-
-/// A TLS port whose SNI entries are all passthrough is served by the L4
-/// forwarder; ports that terminate TLS are served by the HTTP proxy.
-pub fn is_passthrough_port(listener: &pier_snapshot::PortListener) -> bool {
-    listener.protocol == PortProtocol::Tls
-        && !listener.tls.is_empty()
-        && listener
-            .tls
-            .iter()
-            .all(|e| matches!(e.action, SniAction::Passthrough { .. }))
 }
 
 /// State shared by every request and by the snapshot source.

@@ -154,3 +154,86 @@ fn udp_routes_forward_datagrams_and_replies() {
         "replies come from the address the client sent to"
     );
 }
+
+/// A TLS client (trusting `cert` only) over a plain socket.
+fn tls_client(
+    port: u16,
+    sni: &str,
+    cert: &rustls::pki_types::CertificateDer<'static>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), sni.to_string().try_into().unwrap())
+        .unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+#[test]
+fn one_tls_port_serves_https_passthrough_and_terminated_tcp_by_sni() {
+    let web = rcgen::generate_simple_self_signed(vec!["web.test".to_string()]).unwrap();
+    let db = rcgen::generate_simple_self_signed(vec!["db.test".to_string()]).unwrap();
+    let upstream = echo("https-backend");
+    let (plain_port, plain_rx) = tcp_backend(b"plain-backend\n");
+    let (pass_port, pass_rx) = tcp_backend(b"pass-backend\n");
+    let port = free_port();
+    let manifests = format!(
+        "{GATEWAY_CLASS}{}{}{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: pier\n  listeners:\n\
+         \x20 - {{name: web, protocol: HTTPS, port: {port}, hostname: web.test, tls: {{certificateRefs: [{{name: web}}]}}}}\n\
+         \x20 - {{name: db, protocol: TLS, port: {port}, hostname: db.test, tls: {{mode: Terminate, certificateRefs: [{{name: db}}]}}}}\n\
+         \x20 - {{name: pass, protocol: TLS, port: {port}, hostname: pass.test, tls: {{mode: Passthrough}}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: default}}\nspec:\n  parentRefs: [{{name: gw, sectionName: web}}]\n  rules: [{{backendRefs: [{{name: web, port: 80}}]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: db, namespace: default}}\nspec:\n  parentRefs: [{{name: gw, sectionName: db}}]\n  hostnames: [db.test]\n  rules: [{{backendRefs: [{{name: db, port: 80}}]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: pass, namespace: default}}\nspec:\n  parentRefs: [{{name: gw, sectionName: pass}}]\n  hostnames: [pass.test]\n  rules: [{{backendRefs: [{{name: pass, port: 80}}]}}]\n",
+        tls_secret("web", &web.cert.pem(), &web.signing_key.serialize_pem()),
+        tls_secret("db", &db.cert.pem(), &db.signing_key.serialize_pem()),
+        service("web", upstream.port, None),
+        service("db", plain_port, None),
+        service("pass", pass_port, None),
+    );
+    let proxy = Proxy::start(&manifests, &[port], &[]);
+
+    // HTTPS: terminated here, served by the HTTP proxy.
+    let mut https = tls_client(port, "web.test", web.cert.der());
+    https
+        .write_all(b"GET /hello HTTP/1.1\r\nhost: web.test\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = https.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}\n{}",
+        proxy.logs()
+    );
+    assert!(answer.contains("https-backend"), "{answer}");
+
+    // TLS Terminate: the backend gets plaintext; its answer comes back encrypted.
+    let mut db_conn = tls_client(port, "db.test", db.cert.der());
+    db_conn.write_all(b"SELECT 1").unwrap();
+    assert_eq!(
+        plain_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        b"SELECT 1"
+    );
+    let mut reply = [0u8; 14];
+    db_conn.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"plain-backend\n");
+
+    // Passthrough: the backend gets the client's own ClientHello.
+    let hello = client_hello("pass.test");
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&hello).unwrap();
+    assert_eq!(
+        pass_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        hello
+    );
+}

@@ -5,29 +5,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn tls_secret(name: &str, cert: &str, key: &str) -> String {
-    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n---\n", b64(cert), b64(key))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_follow_sni_and_misdirected_hosts_get_421() {
     let a_cert = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();

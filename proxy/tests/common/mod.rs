@@ -231,3 +231,28 @@ pub fn header<'a>(echo: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 pub fn tmp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// Base64 (standard alphabet, padded), for Secret data.
+pub fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A kubernetes.io/tls Secret document.
+pub fn tls_secret(name: &str, cert: &str, key: &str) -> String {
+    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: default}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n---\n", b64(cert), b64(key))
+}
