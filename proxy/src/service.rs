@@ -53,6 +53,13 @@ pub struct RequestCtx {
     origin: Option<String>,
     body_bytes: u64,
     status_hint: Option<u16>,
+    /// The route's whole-request timeout (`timeouts.request`), from arrival:
+    /// covers retries and a response that trickles in.
+    deadline: Option<Instant>,
+}
+
+fn request_timed_out() -> Box<Error> {
+    Error::explain(ErrorType::ReadTimedout, "the route's request timeout passed")
 }
 
 struct HeaderMapLookup<'a>(&'a http::HeaderMap);
@@ -403,6 +410,7 @@ impl ProxyHttp for PierProxy {
             origin: None,
             body_bytes: 0,
             status_hint: None,
+            deadline: None,
         }
     }
 
@@ -509,6 +517,10 @@ impl ProxyHttp for PierProxy {
         };
         ctx.entry = Some(entry.clone());
         ctx.routing = Some(routing.clone());
+        ctx.deadline = entry
+            .timeouts
+            .request_ms
+            .map(|ms| ctx.start + Duration::from_millis(ms));
 
         // CORS preflight is answered here; allowed or not, it never reaches a backend.
         if let (Some(policy), true) = (cors_policy(&entry), preflight) {
@@ -643,14 +655,25 @@ impl ProxyHttp for PierProxy {
             .map_or(ctx.host.as_str(), |(h, _)| h)
             .to_string();
         let mut peer = HttpPeer::new(addr, tls, sni);
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        if let Some(ms) = entry
-            .timeouts
-            .backend_request_ms
-            .or(entry.timeouts.request_ms)
-        {
-            peer.options.read_timeout = Some(Duration::from_millis(ms));
-            peer.options.total_connection_timeout = Some(Duration::from_millis(ms));
+        // Each attempt gets backendRequest, and never more than what is left
+        // of the whole request's time (a retry gets only the rest).
+        let left = match ctx.deadline {
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Err(request_timed_out()),
+            },
+            None => None,
+        };
+        let attempt = entry.timeouts.backend_request_ms.map(Duration::from_millis);
+        let limit = match (attempt, left) {
+            (Some(a), Some(l)) => Some(a.min(l)),
+            (a, l) => a.or(l),
+        };
+        peer.options.connection_timeout = Some(limit.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT)));
+        if let Some(limit) = limit {
+            peer.options.read_timeout = Some(limit);
+            peer.options.write_timeout = Some(limit);
+            peer.options.total_connection_timeout = Some(limit.min(CONNECT_TIMEOUT));
         }
         // No BackendTLSPolicy yet: in-cluster HTTPS backends use self-signed certificates.
         peer.options.verify_cert = false;
@@ -763,6 +786,20 @@ impl ProxyHttp for PierProxy {
         // counted in fail_to_proxy if the request fails for good.
         e.set_retry(ctx.connect_failures < 2);
         e
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // A response still trickling in when the request's time is up is cut.
+        if !end_of_stream && ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(request_timed_out());
+        }
+        Ok(None)
     }
 
     async fn response_filter(

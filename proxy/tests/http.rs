@@ -409,3 +409,61 @@ async fn dot_segments_cannot_dodge_a_route() {
         );
     }
 }
+
+/// An upstream that answers the head at once, then one body byte per 100 ms.
+fn trickling_upstream() -> u16 {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let mut conn = conn;
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n");
+                for _ in 0..50 {
+                    // The trickle is the point of this upstream.
+                    std::thread::sleep(Duration::from_millis(100));
+                    if conn.write_all(b"x").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_timeout_covers_the_whole_exchange() {
+    let port = free_port();
+    let trickle = trickling_upstream();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let manifests = format!(
+        "{}{}{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /trickle}}}}]\n    timeouts: {{request: 500ms}}\n    backendRefs: [{{name: trickle, port: 80}}]\n\
+         \x20\x20- matches: [{{path: {{type: PathPrefix, value: /silent}}}}]\n    timeouts: {{request: 300ms, backendRequest: 250ms}}\n    backendRefs: [{{name: silent, port: 80}}]\n",
+        http_gateway(port),
+        service("trickle", trickle, None),
+        service("silent", silent_port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[port], &[]);
+    // The head came in time, the body would take 5 s: cut at the deadline.
+    let started = std::time::Instant::now();
+    let resp = get(port, "x.test", "/trickle").await;
+    assert_eq!(resp.status(), 200);
+    let body = resp.bytes().await;
+    assert!(body.is_err() || body.unwrap().len() < 50, "the body was not cut");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // Nothing comes back at all: 504 within the request timeout's reach.
+    let started = std::time::Instant::now();
+    assert_eq!(get(port, "x.test", "/silent").await.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    drop(silent);
+}
