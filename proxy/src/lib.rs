@@ -8,6 +8,7 @@ pub mod args;
 pub mod balancer;
 pub mod echo;
 pub mod l4;
+pub mod listeners;
 pub mod metrics;
 pub mod routing;
 pub mod service;

@@ -6,6 +6,7 @@ use pier_proxy::admin::Admin;
 use pier_proxy::args::{Args, Command};
 use pier_proxy::echo::Echo;
 use pier_proxy::l4::{L4Forwarder, TlsFront};
+use pier_proxy::listeners::DynamicListeners;
 use pier_proxy::routing::Shared;
 use pier_proxy::service::PierProxy;
 use pier_proxy::udp::UdpForwarder;
@@ -202,15 +203,22 @@ fn run(args: Args) -> Result<()> {
         }
         tracing::info!(%addr, protocol = ?listener.protocol, "listening");
     }
-    let _ = shared.bound_ports.set(
-        snapshot
-            .routes
-            .data
-            .listeners
-            .iter()
-            .map(|l| (l.port, l.protocol))
-            .collect(),
-    );
+    // Ports later snapshots add are bound by this service, as they come.
+    server.add_service(pingora::services::background::background_service(
+        "pier-proxy dynamic listeners",
+        DynamicListeners {
+            shared: shared.clone(),
+            http: http_app.clone(),
+            listen_host: args.listen_host,
+            startup: snapshot
+                .routes
+                .data
+                .listeners
+                .iter()
+                .map(|l| (l.port, l.protocol))
+                .collect(),
+        },
+    ));
     for service in l4_services {
         server.add_service(service);
     }

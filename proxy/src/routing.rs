@@ -124,9 +124,8 @@ pub struct Shared {
     pub routing: ArcSwapOption<Routing>,
     pub balancer: Balancer,
     pub metrics: Metrics,
-    /// Ports this process listens on (set once at start); listeners a later
-    /// snapshot adds on other ports need a restart, and are reported.
-    pub bound_ports: std::sync::OnceLock<Vec<(u16, PortProtocol)>>,
+    /// Bumped after every install: the dynamic listeners follow it.
+    pub installed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Shared {
@@ -135,7 +134,7 @@ impl Default for Shared {
             routing: ArcSwapOption::empty(),
             balancer: Balancer::default(),
             metrics: Metrics::new(),
-            bound_ports: std::sync::OnceLock::new(),
+            installed: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -146,22 +145,6 @@ impl Shared {
         let versions = (snapshot.routes.version, snapshot.backends.version);
         match Routing::build(snapshot) {
             Ok(routing) => {
-                if let Some(bound) = self.bound_ports.get() {
-                    let pending: Vec<String> = routing
-                        .snapshot
-                        .routes
-                        .data
-                        .listeners
-                        .iter()
-                        .filter(|l| !bound.contains(&(l.port, l.protocol)))
-                        .map(|l| format!("{}/{:?}", l.port, l.protocol))
-                        .collect();
-                    if !pending.is_empty() {
-                        tracing::warn!(listeners = ?pending, "new listener ports need a restart of pier-proxy; routes on existing ports are live");
-                    }
-                    // After the log line, so whoever sees the metric also finds the reason.
-                    self.metrics.pending_listeners.set(pending.len() as i64);
-                }
                 let endpoints = routing
                     .snapshot
                     .backends
@@ -182,6 +165,7 @@ impl Shared {
                     .collect();
                 self.balancer.prune(&endpoints, &keys);
                 self.routing.store(Some(Arc::new(routing)));
+                self.installed.send_modify(|n| *n += 1);
                 self.metrics.swaps.inc();
                 self.metrics.routes_version.set(versions.0 as i64);
                 self.metrics.backends_version.set(versions.1 as i64);

@@ -59,7 +59,10 @@ pub struct RequestCtx {
 }
 
 fn request_timed_out() -> Box<Error> {
-    Error::explain(ErrorType::ReadTimedout, "the route's request timeout passed")
+    Error::explain(
+        ErrorType::ReadTimedout,
+        "the route's request timeout passed",
+    )
 }
 
 struct HeaderMapLookup<'a>(&'a http::HeaderMap);
@@ -669,7 +672,8 @@ impl ProxyHttp for PierProxy {
             (Some(a), Some(l)) => Some(a.min(l)),
             (a, l) => a.or(l),
         };
-        peer.options.connection_timeout = Some(limit.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT)));
+        peer.options.connection_timeout =
+            Some(limit.map_or(CONNECT_TIMEOUT, |l| l.min(CONNECT_TIMEOUT)));
         if let Some(limit) = limit {
             peer.options.read_timeout = Some(limit);
             peer.options.write_timeout = Some(limit);

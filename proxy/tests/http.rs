@@ -459,11 +459,22 @@ async fn the_request_timeout_covers_the_whole_exchange() {
     let resp = get(port, "x.test", "/trickle").await;
     assert_eq!(resp.status(), 200);
     let body = resp.bytes().await;
-    assert!(body.is_err() || body.unwrap().len() < 50, "the body was not cut");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        body.is_err() || body.unwrap().len() < 50,
+        "the body was not cut"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // Nothing comes back at all: 504 within the request timeout's reach.
     let started = std::time::Instant::now();
     assert_eq!(get(port, "x.test", "/silent").await.status(), 504);
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     drop(silent);
 }

@@ -142,18 +142,17 @@ async fn a_bad_manifest_keeps_the_last_good_snapshot_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_new_listener_port_is_reported_as_pending_restart() {
+async fn a_listener_added_later_is_served_at_once_and_a_removed_one_stops() {
     let a = echo("a");
     let port = free_port();
     let proxy = Proxy::start(&manifests(port, a.port, a.port, 1), &[port], &[]);
-    assert_eq!(
-        proxy.metric("pier_proxy_listeners_pending_restart"),
-        Some(0.0)
-    );
     let extra = free_port();
+    let listener = |p: u16, protocol: &str, name: &str| {
+        format!("  - {{name: {name}, protocol: {protocol}, port: {p}}}\n")
+    };
     let with_new_port = manifests(port, a.port, a.port, 2).replace(
-        &format!("  - {{name: http, protocol: HTTP, port: {port}}}\n"),
-        &format!("  - {{name: http, protocol: HTTP, port: {port}}}\n  - {{name: more, protocol: HTTP, port: {extra}}}\n"),
+        &listener(port, "HTTP", "http"),
+        &(listener(port, "HTTP", "http") + &listener(extra, "HTTP", "more")),
     );
     assert_ne!(
         with_new_port,
@@ -161,25 +160,49 @@ async fn a_new_listener_port_is_reported_as_pending_restart() {
         "the listener was added"
     );
     proxy.rewrite(&with_new_port);
+    // The new port serves the new generation without a restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let sent = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{extra}/"))
+            .header("host", "x.test")
+            .send()
+            .await;
+        if let Ok(resp) = sent {
+            break resp.text().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new port never answered:\n{}",
+            proxy.logs()
+        );
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(header(&echoed(&answer), "x-generation"), Some("2"));
+    assert_eq!(
+        proxy.metric("pier_proxy_listeners_pending_restart"),
+        Some(0.0)
+    );
+    // Removed again: the port stops accepting.
+    proxy.rewrite(&manifests(port, a.port, a.port, 3));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", extra)).is_ok() {
+        assert!(Instant::now() < deadline, "the removed port still accepts");
+        tokio::task::yield_now().await;
+    }
+    // A startup port changing protocol cannot be served without a restart: reported.
+    proxy.rewrite(&manifests(port, a.port, a.port, 4).replace(
+        &listener(port, "HTTP", "http"),
+        &listener(port, "TCP", "http"),
+    ));
     let deadline = Instant::now() + Duration::from_secs(10);
     while proxy.metric("pier_proxy_listeners_pending_restart") != Some(1.0) {
         assert!(
             Instant::now() < deadline,
-            "the new port was not reported:\n{}",
+            "the protocol change was not reported:\n{}",
             proxy.logs()
         );
         tokio::task::yield_now().await;
     }
     assert!(proxy.logs().contains("need a restart"));
-    // The existing port serves the new generation meanwhile.
-    let resp = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/"))
-        .header("host", "x.test")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        header(&echoed(&resp.text().await.unwrap()), "x-generation"),
-        Some("2")
-    );
 }
