@@ -34,6 +34,10 @@ pub struct Args {
     /// Largest request head (all header names and values) accepted; larger ones get 431.
     #[arg(long, default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,
+    /// Seconds an L4 connection (TCP, TLS passthrough / terminate) may stay
+    /// idle, no byte either way, before it is closed.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub l4_idle_timeout: u64,
     /// Seconds in-flight requests get to finish on SIGTERM / SIGINT.
     #[arg(long, default_value_t = 5)]
     pub grace_seconds: u64,

@@ -84,9 +84,57 @@ async fn peek_sni(stream: &mut Stream) -> Option<String> {
     sni_from_client_hello(&record)
 }
 
+/// How an L4 connection ended.
+enum Ended {
+    Closed,
+    Idle,
+    Failed(std::io::Error),
+}
+
+/// Copies bytes both ways until both sides have closed (a side that closes
+/// is half-closed on the other), an error, or `idle` with no byte either way.
+async fn copy_until_idle(client: Stream, upstream: tokio::net::TcpStream, idle: Duration) -> Ended {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let mut from_client = vec![0u8; 16 * 1024];
+    let mut from_upstream = vec![0u8; 16 * 1024];
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        // Reads are cancellation safe: the one that loses the race loses nothing.
+        let moved = tokio::select! {
+            r = client_read.read(&mut from_client), if client_open => match r {
+                Ok(0) => {
+                    client_open = false;
+                    upstream_write.shutdown().await
+                }
+                Ok(n) => upstream_write.write_all(&from_client[..n]).await,
+                Err(e) => Err(e),
+            },
+            r = upstream_read.read(&mut from_upstream), if upstream_open => match r {
+                Ok(0) => {
+                    upstream_open = false;
+                    client_write.shutdown().await
+                }
+                // The client side may buffer writes (pingora's stream): flush each.
+                Ok(n) => match client_write.write_all(&from_upstream[..n]).await {
+                    Ok(()) => client_write.flush().await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            _ = tokio::time::sleep(idle) => return Ended::Idle,
+        };
+        if let Err(e) = moved {
+            return Ended::Failed(e);
+        }
+    }
+    Ended::Closed
+}
+
 /// Connects to an endpoint of `route` (one retry on another endpoint if the
 /// first refuses) and copies bytes both ways until either side closes.
-async fn forward(shared: &Shared, route: &L4Route, mut session: Stream) -> Option<Stream> {
+async fn forward(shared: &Shared, route: &L4Route, session: Stream) -> Option<Stream> {
     let i = pick_weighted(&route.backends)?;
     let BackendRef::Service(key) = &route.backends[i].backend else {
         tracing::debug!(route = %route.source, "unresolved backend; closing");
@@ -99,11 +147,20 @@ async fn forward(shared: &Shared, route: &L4Route, mut session: Stream) -> Optio
         let (addr, _slot) = shared.balancer.pick(set, &tried)?;
         tried.push(addr);
         match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(mut upstream)) => {
+            Ok(Ok(upstream)) => {
                 shared.balancer.connect_succeeded(addr);
                 let _ = upstream.set_nodelay(true);
-                let copied = tokio::io::copy_bidirectional(&mut session, &mut upstream).await;
-                tracing::debug!(route = %route.source, upstream = %addr, ?copied, "L4 connection done");
+                match copy_until_idle(session, upstream, shared.l4_idle_timeout).await {
+                    Ended::Closed => {
+                        tracing::debug!(route = %route.source, upstream = %addr, "L4 connection done")
+                    }
+                    Ended::Idle => {
+                        tracing::debug!(route = %route.source, upstream = %addr, "L4 connection closed: idle")
+                    }
+                    Ended::Failed(e) => {
+                        tracing::debug!(route = %route.source, upstream = %addr, error = %e, "L4 connection failed")
+                    }
+                }
                 return None;
             }
             _ => shared.balancer.connect_failed(addr),

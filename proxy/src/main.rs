@@ -115,7 +115,10 @@ fn run(args: Args) -> Result<()> {
         server.add_service(echo_service(&listen.to_string(), name));
         server.run_forever();
     }
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        l4_idle_timeout: std::time::Duration::from_secs(args.l4_idle_timeout),
+        ..Shared::default()
+    });
     let (snapshot, watcher) = match (&args.manifests, args.controller) {
         (Some(dir), None) => {
             let (snapshot, watcher) = serve_manifests(&args, dir, &shared)?;

@@ -126,6 +126,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Bumped after every install: the dynamic listeners follow it.
     pub installed: tokio::sync::watch::Sender<u64>,
+    /// An L4 connection with no byte either way for this long is closed.
+    pub l4_idle_timeout: std::time::Duration,
 }
 
 impl Default for Shared {
@@ -135,6 +137,7 @@ impl Default for Shared {
             balancer: Balancer::default(),
             metrics: Metrics::new(),
             installed: tokio::sync::watch::channel(0).0,
+            l4_idle_timeout: std::time::Duration::from_secs(3600),
         }
     }
 }

@@ -237,3 +237,44 @@ fn one_tls_port_serves_https_passthrough_and_terminated_tcp_by_sni() {
         hello
     );
 }
+
+#[test]
+fn an_idle_l4_connection_is_closed_and_a_busy_one_is_not() {
+    let (db_port, _db_rx) = tcp_backend(b"ready\n");
+    let listen = free_port();
+    let manifests = format!(
+        "{GATEWAY_CLASS}{}apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: pier\n  listeners:\n\
+         \x20 - {{name: db, protocol: TCP, port: {listen}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: db, namespace: default}}\nspec:\n  parentRefs: [{{name: gw, sectionName: db}}]\n  rules: [{{backendRefs: [{{name: db, port: 80}}]}}]\n",
+        service("db", db_port, None),
+    );
+    let _proxy = Proxy::start(&manifests, &[listen], &["--l4-idle-timeout", "1"]);
+    let connect = || {
+        let mut s = TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut ready = [0u8; 6];
+        s.read_exact(&mut ready).unwrap();
+        s
+    };
+    // Busy: an echo every 300 ms for 2 s keeps it open past the 1 s limit.
+    let mut busy = connect();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        busy.write_all(b"ping").unwrap();
+        let mut echo = [0u8; 4];
+        busy.read_exact(&mut echo).unwrap();
+        // The pause between messages is what this test is about.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Idle: closed by the proxy after about a second, well before our 10 s read timeout.
+    let mut idle = connect();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 8];
+    assert_eq!(idle.read(&mut buf).unwrap(), 0, "the proxy closes it");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
