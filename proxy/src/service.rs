@@ -56,6 +56,8 @@ pub struct RequestCtx {
     /// The route's whole-request timeout (`timeouts.request`), from arrival:
     /// covers retries and a response that trickles in.
     deadline: Option<Instant>,
+    /// Mirrors waiting for the request body.
+    mirrors: Vec<tokio::sync::mpsc::Sender<MirrorChunk>>,
 }
 
 fn request_timed_out() -> Box<Error> {
@@ -277,28 +279,69 @@ fn redirect_location(
     location
 }
 
-/// Sends a copy of the request head to a mirror endpoint and ignores the
-/// answer (fire-and-forget; request bodies are not mirrored).
-fn spawn_mirror(addr: SocketAddr, head: Vec<u8>) {
+/// What a mirror task gets of the request body.
+enum MirrorChunk {
+    Data(Bytes),
+    End,
+}
+
+/// Chunks a mirror may fall behind by before it is dropped: a slow mirror
+/// never slows the request it copies.
+const MIRROR_BACKLOG: usize = 64;
+
+/// Sends a copy of the request to a mirror endpoint and ignores the answer
+/// (fire-and-forget). A request with a body is sent chunked, its body as it
+/// streams in (`body`); if the original body does not finish (or the mirror
+/// fell behind), the copy is abandoned unfinished rather than sent short.
+fn spawn_mirror(
+    addr: SocketAddr,
+    head: Vec<u8>,
+    body: Option<tokio::sync::mpsc::Receiver<MirrorChunk>>,
+) {
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let attempt = async {
             let mut s = tokio::net::TcpStream::connect(addr).await?;
             s.write_all(&head).await?;
+            if let Some(mut body) = body {
+                loop {
+                    match body.recv().await {
+                        Some(MirrorChunk::Data(data)) => {
+                            s.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                                .await?;
+                            s.write_all(&data).await?;
+                            s.write_all(b"\r\n").await?;
+                        }
+                        Some(MirrorChunk::End) => {
+                            s.write_all(b"0\r\n\r\n").await?;
+                            break;
+                        }
+                        None => {
+                            return Err(std::io::Error::other("the request body did not finish"))
+                        }
+                    }
+                }
+            }
             let mut sink = [0u8; 4096];
             while s.read(&mut sink).await? > 0 {}
             Ok::<_, std::io::Error>(())
         };
-        if tokio::time::timeout(Duration::from_secs(10), attempt)
-            .await
-            .is_err()
-        {
-            tracing::debug!(mirror = %addr, "mirror request timed out");
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Err(_) => tracing::debug!(mirror = %addr, "mirror request timed out"),
+            Ok(Err(e)) => tracing::debug!(mirror = %addr, error = %e, "mirror request abandoned"),
+            Ok(Ok(())) => {}
         }
     });
 }
 
-fn mirror_head(req: &RequestHeader, host: &str) -> Vec<u8> {
+/// Whether the request carries a body (a Content-Length above 0, or chunked).
+fn has_body(req: &RequestHeader) -> bool {
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    header("transfer-encoding").is_some()
+        || header("content-length").is_some_and(|n| n.trim() != "0")
+}
+
+fn mirror_head(req: &RequestHeader, host: &str, chunked: bool) -> Vec<u8> {
     let mut head = format!(
         "{} {} HTTP/1.1\r\nhost: {host}\r\n",
         req.method,
@@ -315,7 +358,11 @@ fn mirror_head(req: &RequestHeader, host: &str) -> Vec<u8> {
             head.push_str(&format!("{name}: {v}\r\n"));
         }
     }
-    head.push_str("content-length: 0\r\nconnection: close\r\n\r\n");
+    head.push_str(if chunked {
+        "transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    } else {
+        "content-length: 0\r\nconnection: close\r\n\r\n"
+    });
     head.into_bytes()
 }
 
@@ -327,7 +374,15 @@ impl PierProxy {
         )
     }
 
-    fn mirror(&self, session: &Session, routing: &Routing, entry: &HttpRouteEntry, host: &str) {
+    /// Starts the route's mirrors; returns where to send the request body.
+    fn mirror(
+        &self,
+        session: &Session,
+        routing: &Routing,
+        entry: &HttpRouteEntry,
+        host: &str,
+    ) -> Vec<tokio::sync::mpsc::Sender<MirrorChunk>> {
+        let mut bodies = Vec::new();
         for filter in &entry.filters {
             let HttpFilter::Mirror {
                 backend: BackendRef::Service(key),
@@ -343,9 +398,16 @@ impl PierProxy {
                 continue;
             };
             if let Some((addr, _slot)) = self.shared.balancer.pick(set, &[]) {
-                spawn_mirror(addr, mirror_head(session.req_header(), host));
+                let req = session.req_header();
+                let body = has_body(req).then(|| {
+                    let (tx, rx) = tokio::sync::mpsc::channel(MIRROR_BACKLOG);
+                    bodies.push(tx);
+                    rx
+                });
+                spawn_mirror(addr, mirror_head(req, host, body.is_some()), body);
             }
         }
+        bodies
     }
 
     /// Picks an endpoint for the chosen backend, avoiding endpoints already tried.
@@ -414,6 +476,7 @@ impl ProxyHttp for PierProxy {
             body_bytes: 0,
             status_hint: None,
             deadline: None,
+            mirrors: Vec::new(),
         }
     }
 
@@ -588,7 +651,7 @@ impl ProxyHttp for PierProxy {
                     }
                     BackendRef::Service(key) => {
                         ctx.backend_key = Some(key.clone());
-                        self.mirror(session, &routing, &entry, &host);
+                        ctx.mirrors = self.mirror(session, &routing, &entry, &host);
                         Ok(false)
                     }
                 }
@@ -600,13 +663,21 @@ impl ProxyHttp for PierProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end: bool,
+        end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(b) = body {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > self.max_body_bytes {
                 return Err(error(413));
+            }
+            // A mirror that cannot keep up is dropped (its copy is abandoned).
+            ctx.mirrors
+                .retain(|m| m.try_send(MirrorChunk::Data(b.clone())).is_ok());
+        }
+        if end {
+            for m in ctx.mirrors.drain(..) {
+                let _ = m.try_send(MirrorChunk::End);
             }
         }
         Ok(())

@@ -197,4 +197,45 @@ fn requests_are_mirrored_fire_and_forget() {
     let head = read_head(&mut copy);
     assert!(head.starts_with("GET /copy-me?x=1 HTTP/1.1"), "{head}");
     assert!(head.contains("x-trace: 42"), "{head}");
+    assert!(head.contains("content-length: 0"), "{head}");
+
+    // A request body is mirrored too (chunked, as it streams in).
+    let mut s = TcpStream::connect(("127.0.0.1", listen)).unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: m.test\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello-body",
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (mut copy, _) = mirror.accept().unwrap();
+    copy.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = read_head(&mut copy);
+    assert!(head.starts_with("POST /upload HTTP/1.1"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    // Read the chunked body up to its last chunk.
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"0\r\n\r\n") {
+        assert_eq!(
+            copy.read(&mut byte).unwrap(),
+            1,
+            "the body ended early: {raw:?}"
+        );
+        raw.push(byte[0]);
+    }
+    let mut body = Vec::new();
+    let mut rest = &raw[..];
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+        rest = &rest[line_end + 2 + size + 2..];
+    }
+    assert_eq!(body, b"hello-body");
 }
