@@ -31,7 +31,11 @@ struct packet {
 	__u32 l4;
 	__u32 csum_off;
 	struct pier_ct4_key tuple;
+	__u8 tcp_flags;
 };
+
+#define TCP_FIN 0x01
+#define TCP_RST 0x04
 
 /* 0 when the packet is IPv4 TCP / UDP with complete, consistent headers and
  * not a fragment; anything else is not ours to translate. */
@@ -67,7 +71,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	if (ip.protocol == IPPROTO_ICMP)
 		return PARSE_ICMP;
 	if (ip.protocol == IPPROTO_TCP) {
-		if (bpf_skb_load_bytes(skb, p->l4 + 12, &doff, 1) < 0)
+		if (bpf_skb_load_bytes(skb, p->l4 + 12, &doff, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1) < 0)
 			goto malformed;
 		l4_len = (doff >> 4) * 4;
 		if (l4_len < 20)
@@ -155,6 +160,27 @@ static __always_inline int redirect_out(struct __sk_buff *skb, const struct pack
 	}
 	pier_count(PIER_DROP_NO_ROUTE);
 	return TC_ACT_SHOT;
+}
+
+/* A FIN or RST ends a TCP flow: both directions' entries get the short
+ * closing timeout, so the tuple (and its SNAT port) is free again soon. */
+static __always_inline void note_closing(const struct packet *p, struct pier_ct4_entry *ct)
+{
+	struct pier_ct4_key other = {};
+	struct pier_ct4_entry *peer;
+
+	if (p->tuple.proto != IPPROTO_TCP || !(p->tcp_flags & (TCP_FIN | TCP_RST)) || ct->closing)
+		return;
+	ct->closing = 1;
+	/* The other direction's key is this entry's rewrite, reversed. */
+	other.saddr = ct->daddr;
+	other.daddr = ct->saddr;
+	other.sport = ct->dport;
+	other.dport = ct->sport;
+	other.proto = p->tuple.proto;
+	peer = bpf_map_lookup_elem(&pier_ct4, &other);
+	if (peer)
+		peer->closing = 1;
 }
 
 static __always_inline int translate(struct __sk_buff *skb, const struct packet *p,
@@ -425,6 +451,7 @@ int pier_nodeport_ingress(struct __sk_buff *skb)
 		/* A flow whose backend left is balanced again (ids are never reused). */
 		if ((ct->flags & PIER_CT_REPLY) || bpf_map_lookup_elem(&pier_lb4_backends, &ct->backend_id)) {
 			ct->last_seen_ns = now;
+			note_closing(&p, ct);
 			to = *ct;
 			return translate(skb, &p, &to);
 		}
@@ -455,6 +482,7 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 	    pier_ct4_expired(ct, p.tuple.proto, now, cfg))
 		return TC_ACT_OK;
 	ct->last_seen_ns = now;
+	note_closing(&p, ct);
 	to = *ct;
 	if (rewrite(skb, &p, &to) < 0)
 		return TC_ACT_SHOT;

@@ -83,6 +83,9 @@ struct Args {
     /// Idle timeout of a TCP conntrack entry, in seconds.
     #[arg(long, default_value_t = 21_600)]
     tcp_timeout: u32,
+    /// How long a TCP conntrack entry lives after a FIN or RST, in seconds.
+    #[arg(long, default_value_t = 10)]
+    tcp_closing_timeout: u32,
     /// Idle timeout of a UDP conntrack entry, in seconds.
     #[arg(long, default_value_t = 120)]
     udp_timeout: u32,
@@ -214,6 +217,8 @@ fn run(args: Args) -> Result<()> {
         snat_port_max: args.snat_ports.1,
         tcp_timeout_s: args.tcp_timeout,
         udp_timeout_s: args.udp_timeout,
+        closing_timeout_s: args.tcp_closing_timeout,
+        pad: 0,
     };
     let mut nodeport = NodePortLb::load(&args.pin_dir, &sizes, &config)
         .map_err(anyhow::Error::new)

@@ -152,7 +152,8 @@ pub struct Ct4Entry {
     pub backend_id: u32,
     pub last_seen_ns: u64,
     pub flags: u8,
-    pub pad: [u8; 7],
+    pub closing: u8,
+    pub pad: [u8; 6],
 }
 
 /// `struct pier_config`.
@@ -164,6 +165,8 @@ pub struct Config {
     pub snat_port_max: u16,
     pub tcp_timeout_s: u32,
     pub udp_timeout_s: u32,
+    pub closing_timeout_s: u32,
+    pub pad: u32,
 }
 
 /// Indexes of `pier_counters` (drops and passes by reason, per CPU).
@@ -180,7 +183,7 @@ const _: () = assert!(size_of::<Lb6Backend>() == 20);
 const _: () = assert!(size_of::<Lb4Maglev>() == 4 * MAGLEV_MAX);
 const _: () = assert!(size_of::<Ct4Key>() == 16);
 const _: () = assert!(size_of::<Ct4Entry>() == 32);
-const _: () = assert!(size_of::<Config>() == 16);
+const _: () = assert!(size_of::<Config>() == 24);
 const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
 const _: () = assert!(size_of::<Lb4Affinity>() == 16);
 const _: () = assert!(size_of::<Lb4Key>() == 8);

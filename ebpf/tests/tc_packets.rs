@@ -3,6 +3,7 @@
 //! be left exactly as they came (fragments, truncated or odd headers).
 
 mod common;
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use common::*;
 use pier_agent::loader::{read_stats, test_run, LbMaps, MapSizes, NodePortLb};
 use pier_agent::maps::*;
@@ -190,6 +191,8 @@ fn load() -> Loaded {
         snat_port_max: 65535,
         tcp_timeout_s: 3600,
         udp_timeout_s: 60,
+        closing_timeout_s: 0,
+        pad: 0,
     };
     let programs = NodePortLb::load(&pins, &MapSizes::default(), &config).unwrap();
     let mut maps = LbMaps::open(&pins).unwrap();
@@ -441,4 +444,51 @@ fn icmp_errors_about_a_translated_flow_are_translated_too() {
     let frame = icmp_error(NODE, CLIENT, &unknown);
     let (verdict, out) = lb.run("pier_nodeport_egress", &frame);
     assert_eq!((verdict, &out), (TC_ACT_OK, &frame));
+}
+
+#[test]
+fn a_reset_ends_the_flow_in_both_directions() {
+    if !privileged() {
+        return;
+    }
+    let lb = load();
+    let syn = packet(&tcp((CLIENT, 40020), (NODE, 30080)));
+    assert_eq!(lb.ingress(&syn).0, TC_ACT_OK);
+    // The pod resets the connection: its RST goes out through egress.
+    let mut rst = packet(&tcp((POD_A, 8080), (CLIENT, 40020)));
+    let flags = 14 + 20 + 13;
+    rst[flags] = 0x04;
+    // Fix the TCP checksum for the changed flags byte (SYN 0x02 -> RST 0x04).
+    let l4 = 14 + 20;
+    rst[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let c = {
+        let mut pseudo = Vec::new();
+        pseudo.extend(POD_A);
+        pseudo.extend(CLIENT);
+        pseudo.extend([0, PROTO_TCP]);
+        pseudo.extend(((rst.len() - l4) as u16).to_be_bytes());
+        pseudo.extend(&rst[l4..]);
+        sum16(&pseudo, 0)
+    };
+    rst[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(lb.run("pier_nodeport_egress", &rst).0, TC_ACT_OK);
+    let data = MapData::from_pin(lb.pins.join(MAP_CT4)).unwrap();
+    let ct: BpfHashMap<MapData, Ct4Key, Ct4Entry> =
+        BpfHashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    let key = |s: Endpoint, d: Endpoint| Ct4Key {
+        saddr: s.0,
+        daddr: d.0,
+        sport_be: s.1.to_be(),
+        dport_be: d.1.to_be(),
+        proto: PROTO_TCP,
+        pad: [0; 3],
+    };
+    let forward = ct.get(&key((CLIENT, 40020), (NODE, 30080)), 0).unwrap();
+    let reply = ct.get(&key((POD_A, 8080), (CLIENT, 40020)), 0).unwrap();
+    assert_eq!((forward.closing, reply.closing), (1, 1));
+    // With a closing timeout of 0 the flow is over: a new SYN on the same
+    // tuple is a new flow again (translated, not dropped or misrouted).
+    let (verdict, out) = lb.ingress(&syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(read(&out).1, (POD_A, 8080));
 }

@@ -144,7 +144,8 @@ struct pier_ct4_entry {
 	__u32 backend_id; /* the chosen backend (forward entries) */
 	__u64 last_seen_ns;
 	__u8 flags; /* PIER_CT_* */
-	__u8 pad[7];
+	__u8 closing; /* a FIN or RST was seen: expires after closing_timeout_s */
+	__u8 pad[6];
 };
 
 #define PIER_CT_REPLY (1 << 0)  /* a reply: from the backend towards the client */
@@ -157,6 +158,8 @@ struct pier_config {
 	__u16 snat_port_max;
 	__u32 tcp_timeout_s; /* idle conntrack entries older than this are ignored */
 	__u32 udp_timeout_s;
+	__u32 closing_timeout_s; /* TCP flows after a FIN or RST */
+	__u32 pad;
 };
 
 #endif

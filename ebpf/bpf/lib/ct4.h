@@ -59,6 +59,9 @@ static __always_inline int pier_ct4_expired(const struct pier_ct4_entry *e, __u8
 {
 	__u64 timeout_s = proto == 6 ? cfg->tcp_timeout_s : cfg->udp_timeout_s;
 
+	if (e->closing)
+		timeout_s = cfg->closing_timeout_s;
+
 	return now - e->last_seen_ns > timeout_s * 1000000000ULL;
 }
 
