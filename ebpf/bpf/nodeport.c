@@ -158,27 +158,35 @@ static __always_inline int redirect_out(struct __sk_buff *skb, const struct pack
 
 		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 	}
-	pier_count(PIER_DROP_NO_ROUTE);
+	pier_count(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? PIER_DROP_FRAG_NEEDED : PIER_DROP_NO_ROUTE);
 	return TC_ACT_SHOT;
+}
+
+/* The entry of a flow's other direction: its key is this entry's rewrite,
+ * reversed. */
+static __always_inline struct pier_ct4_entry *other_direction(const struct pier_ct4_entry *ct, __u8 proto)
+{
+	struct pier_ct4_key other = {
+		.saddr = ct->daddr,
+		.daddr = ct->saddr,
+		.sport = ct->dport,
+		.dport = ct->sport,
+		.proto = proto,
+	};
+
+	return bpf_map_lookup_elem(&pier_ct4, &other);
 }
 
 /* A FIN or RST ends a TCP flow: both directions' entries get the short
  * closing timeout, so the tuple (and its SNAT port) is free again soon. */
 static __always_inline void note_closing(const struct packet *p, struct pier_ct4_entry *ct)
 {
-	struct pier_ct4_key other = {};
 	struct pier_ct4_entry *peer;
 
 	if (p->tuple.proto != IPPROTO_TCP || !(p->tcp_flags & (TCP_FIN | TCP_RST)) || ct->closing)
 		return;
 	ct->closing = 1;
-	/* The other direction's key is this entry's rewrite, reversed. */
-	other.saddr = ct->daddr;
-	other.daddr = ct->saddr;
-	other.sport = ct->dport;
-	other.dport = ct->sport;
-	other.proto = p->tuple.proto;
-	peer = bpf_map_lookup_elem(&pier_ct4, &other);
+	peer = other_direction(ct, p->tuple.proto);
 	if (peer)
 		peer->closing = 1;
 }
@@ -228,9 +236,16 @@ static __always_inline int claim_snat_port(struct pier_ct4_key *reply_key, struc
 		if (bpf_map_update_elem(&pier_ct4, reply_key, reply, BPF_NOEXIST) == 0)
 			return 0;
 		old = bpf_map_lookup_elem(&pier_ct4, reply_key);
-		if (old && pier_ct4_expired(old, reply_key->proto, now, cfg) &&
-		    bpf_map_update_elem(&pier_ct4, reply_key, reply, BPF_ANY) == 0)
-			return 0;
+		if (old && pier_ct4_expired(old, reply_key->proto, now, cfg)) {
+			/* One-way traffic (e.g. UDP to a remote backend) only
+			 * refreshes the forward entry: the port is free only if
+			 * the old flow's forward direction is quiet too. */
+			struct pier_ct4_entry *old_forward = other_direction(old, reply_key->proto);
+
+			if ((!old_forward || pier_ct4_expired(old_forward, reply_key->proto, now, cfg)) &&
+			    bpf_map_update_elem(&pier_ct4, reply_key, reply, BPF_ANY) == 0)
+				return 0;
+		}
 	}
 	return -1;
 }
@@ -466,7 +481,7 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 {
 	const struct pier_config *cfg = pier_config_get();
 	struct packet p = {};
-	struct pier_ct4_entry *ct, to;
+	struct pier_ct4_entry *ct, *forward, to;
 	__u64 now = bpf_ktime_get_ns();
 	int parsed;
 
@@ -481,6 +496,13 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 	if (!ct || (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY ||
 	    pier_ct4_expired(ct, p.tuple.proto, now, cfg))
 		return TC_ACT_OK;
+	/* Only while the client's side of the flow is known: a pod's own later
+	 * connection that reuses the tuple must not be rewritten. */
+	forward = other_direction(ct, p.tuple.proto);
+	if (!forward || pier_ct4_expired(forward, p.tuple.proto, now, cfg))
+		return TC_ACT_OK;
+	/* Traffic either way keeps the flow alive. */
+	forward->last_seen_ns = now;
 	ct->last_seen_ns = now;
 	note_closing(&p, ct);
 	to = *ct;

@@ -340,15 +340,22 @@ impl LbMaps {
                 MapOp::PutBackend(id, b) => self.backends.insert(id, b, 0),
                 MapOp::PutSlot(k, v) => self.slots.insert(k, v, 0),
                 MapOp::PutMaglev(id, spec) => {
-                    let table = spec
-                        .table()
-                        .map_err(|e| AgentError(format!("{op:?}: {e}")))?;
-                    let mut value = Box::new(Lb4Maglev {
-                        backend_ids: [0; MAGLEV_MAX],
+                    // A table that cannot be built or stored (the map is full,
+                    // more backends than entries) costs only that service its
+                    // Maglev consistency: without a table it picks at random.
+                    // It never stops the rest of the update.
+                    let stored = spec.table().map_err(|e| e.to_string()).and_then(|table| {
+                        let mut value = Box::new(Lb4Maglev {
+                            backend_ids: [0; MAGLEV_MAX],
+                        });
+                        let n = table.len().min(MAGLEV_MAX);
+                        value.backend_ids[..n].copy_from_slice(&table[..n]);
+                        self.maglev.insert(id, *value, 0).map_err(|e| e.to_string())
                     });
-                    let n = table.len().min(MAGLEV_MAX);
-                    value.backend_ids[..n].copy_from_slice(&table[..n]);
-                    self.maglev.insert(id, *value, 0)
+                    if let Err(e) = stored {
+                        tracing::warn!(service_id = id, error = %e, "no Maglev table for this service (random backend choice from outside; raise --max-maglev-tables?)");
+                    }
+                    Ok(())
                 }
                 MapOp::PutService(k, v) => self.services.insert(k, v, 0),
                 MapOp::PutBackend6(id, b) => self.backends6.insert(id, b, 0),

@@ -170,12 +170,13 @@ pub struct Config {
 }
 
 /// Indexes of `pier_counters` (drops and passes by reason, per CPU).
-pub const COUNTERS: [(u32, &str); 5] = [
+pub const COUNTERS: [(u32, &str); 6] = [
     (0, "no_backend"),
     (1, "snat_ports_exhausted"),
     (2, "no_route"),
     (3, "fragment_passed"),
     (4, "malformed_passed"),
+    (5, "frag_needed"),
 ];
 
 const _: () = assert!(size_of::<Lb6Key>() == 20);

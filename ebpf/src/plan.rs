@@ -464,7 +464,7 @@ pub enum MapOp {
 }
 
 /// Puts for what `new` has and `old` has not (or differently).
-fn puts<K: Ord + Copy, V: PartialEq + Clone>(
+pub(crate) fn puts<K: Ord + Copy, V: PartialEq + Clone>(
     ops: &mut Vec<MapOp>,
     old: &BTreeMap<K, V>,
     new: &BTreeMap<K, V>,
@@ -478,7 +478,7 @@ fn puts<K: Ord + Copy, V: PartialEq + Clone>(
 }
 
 /// Deletes for what `old` has and `new` has not.
-fn deletes<K: Ord + Copy, V>(
+pub(crate) fn deletes<K: Ord + Copy, V>(
     ops: &mut Vec<MapOp>,
     old: &BTreeMap<K, V>,
     new: &BTreeMap<K, V>,

@@ -5,7 +5,8 @@
 //! written; then what left is deleted, backends last and only when no
 //! service uses them any more.
 
-use crate::plan::{apply, diff, plan_service, Ids, MapOp, MapState, NodeInfo};
+use crate::maps::{Lb4Key, Lb6Key};
+use crate::plan::{apply, deletes, diff, plan_service, puts, Ids, MapOp, MapState, NodeInfo};
 use pier_snapshot::Snapshot;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +21,11 @@ pub struct Planner {
     set_of: BTreeMap<String, String>,
     /// Backend id → how many services' fragments use it.
     backend_refs: BTreeMap<u32, usize>,
+    /// Service address → how many fragments claim it (two Services may claim
+    /// one address for a moment, e.g. a rename keeping a static ClusterIP):
+    /// an address is deleted only when nobody claims it any more.
+    key_refs: BTreeMap<Lb4Key, usize>,
+    key6_refs: BTreeMap<Lb6Key, usize>,
     /// What the kernel holds: the union of the fragments.
     state: MapState,
     /// The IPv4 backends the last operations removed (for stale sockets).
@@ -37,6 +43,8 @@ impl Planner {
             users: BTreeMap::new(),
             set_of: BTreeMap::new(),
             backend_refs: BTreeMap::new(),
+            key_refs: BTreeMap::new(),
+            key6_refs: BTreeMap::new(),
             state: kernel,
             removed: Vec::new(),
         }
@@ -79,9 +87,17 @@ impl Planner {
             self.fragments.insert(name.clone(), fragment);
         }
         self.backend_refs = BTreeMap::new();
+        self.key_refs = BTreeMap::new();
+        self.key6_refs = BTreeMap::new();
         for fragment in self.fragments.values() {
             for id in fragment.backends.keys().chain(fragment.backends6.keys()) {
-                *self.backend_refs.entry(*id).or_default() += 1;
+                acquire(&mut self.backend_refs, *id);
+            }
+            for key in fragment.services.keys() {
+                acquire(&mut self.key_refs, *key);
+            }
+            for key in fragment.services6.keys() {
+                acquire(&mut self.key6_refs, *key);
             }
         }
         self.ids.retain_used_by(&union);
@@ -150,34 +166,55 @@ impl Planner {
         //    service is written once, and again only if its flags change).
         for (_, new) in &changes {
             for (id, b) in &new.backends {
-                *self.backend_refs.entry(*id).or_default() += 1;
+                acquire(&mut self.backend_refs, *id);
                 if self.state.backends.get(id) != Some(b) {
                     ops.push(MapOp::PutBackend(*id, *b));
                     self.state.backends.insert(*id, *b);
                 }
             }
             for (id, b) in &new.backends6 {
-                *self.backend_refs.entry(*id).or_default() += 1;
+                acquire(&mut self.backend_refs, *id);
                 if self.state.backends6.get(id) != Some(b) {
                     ops.push(MapOp::PutBackend6(*id, *b));
                     self.state.backends6.insert(*id, *b);
                 }
             }
         }
-        // 2. Slots, tables and services of each touched service, written then
-        //    deleted per fragment (they are the fragment's own).
+        // 2. Slots, tables and service addresses of the touched services.
         for (old, new) in &changes {
-            let without_backends = |s: &MapState| MapState {
-                backends: BTreeMap::new(),
-                backends6: BTreeMap::new(),
-                ..s.clone()
-            };
-            ops.extend(diff(&without_backends(old), &without_backends(new)));
+            puts(&mut ops, &old.slots, &new.slots, MapOp::PutSlot);
+            puts(&mut ops, &old.maglev, &new.maglev, MapOp::PutMaglev);
+            puts(&mut ops, &old.services, &new.services, MapOp::PutService);
+            puts(&mut ops, &old.services6, &new.services6, MapOp::PutService6);
+            for key in new.services.keys() {
+                acquire(&mut self.key_refs, *key);
+            }
+            for key in new.services6.keys() {
+                acquire(&mut self.key6_refs, *key);
+            }
         }
-        // 3. Backends no service uses any more.
+        // 3. Addresses nobody claims any more, then the old slots and tables
+        //    (slots and tables are keyed by service id: each fragment's own).
+        for (old, _) in &changes {
+            for key in old.services.keys() {
+                if release(&mut self.key_refs, *key) {
+                    ops.push(MapOp::DeleteService(*key));
+                }
+            }
+            for key in old.services6.keys() {
+                if release(&mut self.key6_refs, *key) {
+                    ops.push(MapOp::DeleteService6(*key));
+                }
+            }
+        }
+        for (old, new) in &changes {
+            deletes(&mut ops, &old.maglev, &new.maglev, MapOp::DeleteMaglev);
+            deletes(&mut ops, &old.slots, &new.slots, MapOp::DeleteSlot);
+        }
+        // 4. Backends no service uses any more.
         for (old, _) in &changes {
             for id in old.backends.keys() {
-                if self.release(*id) {
+                if release(&mut self.backend_refs, *id) {
                     ops.push(MapOp::DeleteBackend(*id));
                     if let Some(b) = self.state.backends.remove(id) {
                         self.ids.forget_backend(&b);
@@ -186,7 +223,7 @@ impl Planner {
                 }
             }
             for id in old.backends6.keys() {
-                if self.release(*id) {
+                if release(&mut self.backend_refs, *id) {
                     ops.push(MapOp::DeleteBackend6(*id));
                     if let Some(b) = self.state.backends6.remove(id) {
                         self.ids.forget_backend6(&b);
@@ -199,20 +236,24 @@ impl Planner {
         }
         ops
     }
+}
 
-    /// Drops one reference to a backend; true when it was the last.
-    fn release(&mut self, id: u32) -> bool {
-        match self.backend_refs.get_mut(&id) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                self.backend_refs.remove(&id);
-                true
-            }
-            None => false,
+fn acquire<K: Ord>(refs: &mut BTreeMap<K, usize>, key: K) {
+    *refs.entry(key).or_default() += 1;
+}
+
+/// Drops one reference; true when it was the last.
+fn release<K: Ord>(refs: &mut BTreeMap<K, usize>, key: K) -> bool {
+    match refs.get_mut(&key) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
         }
+        Some(_) => {
+            refs.remove(&key);
+            true
+        }
+        None => false,
     }
 }
 

@@ -92,44 +92,58 @@ enum Ended {
 }
 
 /// Copies bytes both ways until both sides have closed (a side that closes
-/// is half-closed on the other), an error, or `idle` with no byte either way.
+/// is half-closed on the other), an error, or `idle` without a byte moving
+/// either way. The two directions run concurrently: a write that waits on a
+/// slow reader never stops the other direction, and counts as idle.
 async fn copy_until_idle(client: Stream, upstream: tokio::net::TcpStream, idle: Duration) -> Ended {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut upstream_read, mut upstream_write) = upstream.into_split();
-    let mut from_client = vec![0u8; 16 * 1024];
-    let mut from_upstream = vec![0u8; 16 * 1024];
-    let (mut client_open, mut upstream_open) = (true, true);
-    while client_open || upstream_open {
-        // Reads are cancellation safe: the one that loses the race loses nothing.
-        let moved = tokio::select! {
-            r = client_read.read(&mut from_client), if client_open => match r {
-                Ok(0) => {
-                    client_open = false;
-                    upstream_write.shutdown().await
-                }
-                Ok(n) => upstream_write.write_all(&from_client[..n]).await,
-                Err(e) => Err(e),
-            },
-            r = upstream_read.read(&mut from_upstream), if upstream_open => match r {
-                Ok(0) => {
-                    upstream_open = false;
-                    client_write.shutdown().await
-                }
-                // The client side may buffer writes (pingora's stream): flush each.
-                Ok(n) => match client_write.write_all(&from_upstream[..n]).await {
-                    Ok(()) => client_write.flush().await,
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            },
-            _ = tokio::time::sleep(idle) => return Ended::Idle,
-        };
-        if let Err(e) = moved {
-            return Ended::Failed(e);
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    let started = tokio::time::Instant::now();
+    // Milliseconds since `started` of the last byte moved, either way.
+    let last = AtomicU64::new(0);
+    let touch = || last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    async fn pipe(
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        touch: &(dyn Fn() + Sync),
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return to.shutdown().await;
+            }
+            touch();
+            to.write_all(&buf[..n]).await?;
+            // The client side may buffer writes (pingora's stream): flush each.
+            to.flush().await?;
+            touch();
         }
     }
-    Ended::Closed
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let both = async {
+        tokio::try_join!(
+            pipe(client_read, upstream_write, &touch),
+            pipe(upstream_read, client_write, &touch)
+        )
+    };
+    let watchdog = async {
+        loop {
+            let quiet_since = started + Duration::from_millis(last.load(Ordering::Relaxed));
+            if quiet_since.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep_until(quiet_since + idle).await;
+        }
+    };
+    tokio::select! {
+        done = both => match done {
+            Ok(_) => Ended::Closed,
+            Err(e) => Ended::Failed(e),
+        },
+        () = watchdog => Ended::Idle,
+    }
 }
 
 /// Connects to an endpoint of `route` (one retry on another endpoint if the

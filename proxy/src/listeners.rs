@@ -36,7 +36,7 @@ type Running = HashMap<u16, (PortProtocol, tokio::task::JoinHandle<()>)>;
 impl DynamicListeners {
     /// Binds what the current snapshot adds, stops what it removed; returns
     /// the listeners that cannot be served without a restart.
-    fn reconcile(&self, running: &mut Running, shutdown: &ShutdownWatch) -> Vec<String> {
+    async fn reconcile(&self, running: &mut Running, shutdown: &ShutdownWatch) -> Vec<String> {
         let Some(routing) = self.shared.routing.load_full() else {
             return Vec::new();
         };
@@ -48,14 +48,20 @@ impl DynamicListeners {
             .iter()
             .map(|l| (l.port, l.protocol))
             .collect();
-        running.retain(|port, (protocol, task)| {
-            let keep = wanted.get(port) == Some(protocol);
-            if !keep {
+        let gone: Vec<u16> = running
+            .iter()
+            .filter(|(port, (protocol, _))| wanted.get(port) != Some(protocol))
+            .map(|(port, _)| *port)
+            .collect();
+        for port in gone {
+            if let Some((_, task)) = running.remove(&port) {
                 task.abort();
+                // Wait until the listening socket is really closed: the same
+                // port may be bound again just below (a protocol change).
+                let _ = task.await;
                 tracing::info!(port, "listener removed");
             }
-            keep
-        });
+        }
         let mut pending = Vec::new();
         for (port, protocol) in wanted {
             if let Some((_, bound)) = self.startup.iter().find(|(p, _)| *p == port) {
@@ -125,8 +131,14 @@ async fn accept<A: ServerApp + Send + Sync + 'static>(
     shutdown: ShutdownWatch,
 ) {
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let mut stream: pingora::protocols::l4::stream::Stream = tcp.into();
@@ -150,7 +162,7 @@ impl BackgroundService for DynamicListeners {
         let mut installs = self.shared.installed.subscribe();
         let mut running = Running::new();
         loop {
-            let pending = self.reconcile(&mut running, &shutdown);
+            let pending = self.reconcile(&mut running, &shutdown).await;
             if !pending.is_empty() {
                 tracing::warn!(listeners = ?pending, "listeners that need a restart of pier-proxy; everything else is live");
             }

@@ -334,13 +334,6 @@ fn spawn_mirror(
     });
 }
 
-/// Whether the request carries a body (a Content-Length above 0, or chunked).
-fn has_body(req: &RequestHeader) -> bool {
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-    header("transfer-encoding").is_some()
-        || header("content-length").is_some_and(|n| n.trim() != "0")
-}
-
 fn mirror_head(req: &RequestHeader, host: &str, chunked: bool) -> Vec<u8> {
     let mut head = format!(
         "{} {} HTTP/1.1\r\nhost: {host}\r\n",
@@ -377,7 +370,7 @@ impl PierProxy {
     /// Starts the route's mirrors; returns where to send the request body.
     fn mirror(
         &self,
-        session: &Session,
+        session: &mut Session,
         routing: &Routing,
         entry: &HttpRouteEntry,
         host: &str,
@@ -398,8 +391,10 @@ impl PierProxy {
                 continue;
             };
             if let Some((addr, _slot)) = self.shared.balancer.pick(set, &[]) {
+                // Knows HTTP/2 too: a body without content-length, by END_STREAM.
+                let with_body = !session.is_body_empty();
                 let req = session.req_header();
-                let body = has_body(req).then(|| {
+                let body = with_body.then(|| {
                     let (tx, rx) = tokio::sync::mpsc::channel(MIRROR_BACKLOG);
                     bodies.push(tx);
                     rx
@@ -666,7 +661,7 @@ impl ProxyHttp for PierProxy {
         end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(b) = body {
+        if let Some(b) = body.as_ref().filter(|b| !b.is_empty()) {
             ctx.body_bytes += b.len() as u64;
             if ctx.body_bytes > self.max_body_bytes {
                 return Err(error(413));

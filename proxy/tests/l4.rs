@@ -267,6 +267,25 @@ fn an_idle_l4_connection_is_closed_and_a_busy_one_is_not() {
         // The pause between messages is what this test is about.
         std::thread::sleep(Duration::from_millis(300));
     }
+    // Full duplex: a big upload echoed back while it is still being sent
+    // (each direction blocks on the other if they are not copied concurrently).
+    let mut duplex = connect();
+    let mut writer = duplex.try_clone().unwrap();
+    const TOTAL: usize = 16 * 1024 * 1024;
+    let sender = std::thread::spawn(move || {
+        let chunk = vec![b'z'; 64 * 1024];
+        for _ in 0..TOTAL / chunk.len() {
+            writer.write_all(&chunk).unwrap();
+        }
+    });
+    let mut received = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    while received < TOTAL {
+        let n = duplex.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {received} bytes");
+        received += n;
+    }
+    sender.join().unwrap();
     // Idle: closed by the proxy after about a second, well before our 10 s read timeout.
     let mut idle = connect();
     let started = std::time::Instant::now();

@@ -28,6 +28,7 @@ struct {
 #define PIER_DROP_NO_ROUTE 2    /* no route to the backend / client */
 #define PIER_PASS_FRAGMENT 3    /* an IP fragment: never translated */
 #define PIER_PASS_MALFORMED 4   /* truncated or bad headers: never translated */
+#define PIER_DROP_FRAG_NEEDED 5 /* larger than the MTU towards the backend, DF set */
 #define PIER_COUNTERS 8
 
 struct {
@@ -61,6 +62,9 @@ static __always_inline int pier_ct4_expired(const struct pier_ct4_entry *e, __u8
 
 	if (e->closing)
 		timeout_s = cfg->closing_timeout_s;
+	/* Another CPU may have stored a later time than ours: that is fresh. */
+	if (e->last_seen_ns > now)
+		return 0;
 
 	return now - e->last_seen_ns > timeout_s * 1000000000ULL;
 }

@@ -191,3 +191,24 @@ fn an_endpoint_change_re_plans_only_the_services_using_that_set() {
     // The new backend, its slot, and the service's new backend count.
     assert_eq!(ops.len(), 3, "{ops:?}");
 }
+
+#[test]
+fn an_address_moving_to_another_service_in_one_delta_stays_programmed() {
+    // kube-dns is replaced by coredns with the same ClusterIP in one apply;
+    // coredns sorts first, so its put comes before kube-dns' delete.
+    let before = snapshot(&[("kube-dns", 10, "dns", None)], &[("dns", &[1, 2])]);
+    let after = snapshot(&[("coredns", 10, "dns", None)], &[("dns", &[1, 2])]);
+    let mut planner = Planner::new(node(), MapState::default());
+    let mut kernel = MapState::default();
+    for op in planner.full(&before) {
+        apply(&mut kernel, &op);
+    }
+    let touched = planner.touched([&"kube-dns".to_string(), &"coredns".to_string()], []);
+    for op in planner.update(&after, &touched) {
+        apply(&mut kernel, &op);
+        consistent(&kernel).unwrap_or_else(|e| panic!("after {op:?}: {e}"));
+    }
+    let fresh = plan(&after, &node(), &mut Ids::default());
+    assert_eq!(resolved(&kernel), resolved(&fresh));
+    assert_eq!(kernel.services.len(), 1, "10.96.0.10:80 is still there");
+}
