@@ -4,7 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["sock", "nodeport"];
+/// (object name, source, extra clang flags).
+const PROGRAMS: &[(&str, &str, &[&str])] = &[
+    ("sock", "sock", &[]),
+    // For kernels before 5.18 (no bpf_set_retval in cgroup hooks).
+    ("sock_compat", "sock", &["-DPIER_NO_SET_RETVAL"]),
+    ("nodeport", "nodeport", &[]),
+];
 
 fn clang() -> String {
     for candidate in [
@@ -30,20 +36,21 @@ fn main() {
     println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-env-changed=PIER_CLANG");
     let arch_include = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
-    for program in PROGRAMS {
+    for (program, source, flags) in PROGRAMS {
         let object = out.join(format!("{program}.o"));
         let output = Command::new(&clang)
             .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
             .arg(format!("-I{arch_include}"))
             .args(["-Ibpf/include", "-Ibpf", "-c"])
-            .arg(format!("bpf/{program}.c"))
+            .args(*flags)
+            .arg(format!("bpf/{source}.c"))
             .arg("-o")
             .arg(&object)
             .output()
             .expect("running clang");
         if !output.status.success() {
             panic!(
-                "clang failed on bpf/{program}.c (is libbpf-dev installed? `apt-get install -y libbpf-dev`):\n{}",
+                "clang failed on bpf/{source}.c (is libbpf-dev installed? `apt-get install -y libbpf-dev`):\n{}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }

@@ -19,10 +19,14 @@
 #define ECONNREFUSED 111
 
 /* A service without endpoints: the connect / send fails at once with
- * ECONNREFUSED (what a client expects from a closed port), not EPERM. */
+ * ECONNREFUSED (what a client expects from a closed port). Kernels before
+ * 5.18 have no bpf_set_retval here: that build (PIER_NO_SET_RETVAL) fails
+ * with EPERM instead, still at once. */
 static __always_inline int refuse(void)
 {
+#ifndef PIER_NO_SET_RETVAL
 	bpf_set_retval(-ECONNREFUSED);
+#endif
 	return SYS_REJECT;
 }
 

@@ -18,14 +18,22 @@ pub mod sockets;
 /// The socket-LB object (cgroup connect4 / sendmsg4 / recvmsg4 / getpeername4).
 pub static SOCK_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sock.o"));
 
+/// The socket-LB object for kernels before 5.18 (EPERM instead of ECONNREFUSED).
+pub static SOCK_COMPAT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sock_compat.o"));
+
 /// The tc object (NodePort / LB IP / externalIP from outside, conntrack).
 pub static NODEPORT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nodeport.o"));
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_socket_lb_object_is_a_bpf_elf_with_all_hooks_and_maps() {
-        let obj = super::SOCK_OBJECT;
+    fn the_socket_lb_objects_are_bpf_elfs_with_all_hooks_and_maps() {
+        for obj in [super::SOCK_OBJECT, super::SOCK_COMPAT_OBJECT] {
+            check_sock_object(obj);
+        }
+    }
+
+    fn check_sock_object(obj: &[u8]) {
         assert_eq!(&obj[..4], b"\x7fELF");
         assert_eq!(
             u16::from_le_bytes([obj[18], obj[19]]),

@@ -192,8 +192,16 @@ impl SockLb {
     /// Loads the programs, pins their maps under `pin_dir` (reusing maps
     /// already pinned there) and attaches the hooks to `cgroup`.
     pub fn attach(pin_dir: &Path, cgroup: &Path, sizes: &MapSizes) -> Result<SockLb, AgentError> {
+        let modern = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 18, 0));
+        let object = if modern {
+            crate::SOCK_OBJECT
+        } else {
+            tracing::warn!("kernel before 5.18: a Service without endpoints refuses with EPERM, not ECONNREFUSED");
+            crate::SOCK_COMPAT_OBJECT
+        };
         let mut ebpf = loader(pin_dir, sizes)?
-            .load(crate::SOCK_OBJECT)
+            .load(object)
             .map_err(|e| err("loading sock.o")(&e))?;
         let cgroup_fd = File::open(cgroup).map_err(|e| err("opening the cgroup")(&e))?;
         for name in SOCK_PROGRAMS {
@@ -223,6 +231,9 @@ impl SockLb {
 /// The tc programs for traffic from outside (NodePort, LB IPs, externalIPs).
 pub struct NodePortLb {
     ebpf: Ebpf,
+    /// Kernels before 6.6 attach tc programs with netlink: those links
+    /// cannot be pinned and live as long as this object.
+    netlink_links: Vec<aya::programs::tc::SchedClassifierLink>,
 }
 
 impl NodePortLb {
@@ -250,7 +261,10 @@ impl NodePortLb {
         let mut array: aya::maps::Array<_, Config> =
             aya::maps::Array::try_from(map).map_err(|e| err(MAP_CONFIG)(&e))?;
         array.set(0, config, 0).map_err(|e| err(MAP_CONFIG)(&e))?;
-        Ok(NodePortLb { ebpf })
+        Ok(NodePortLb {
+            ebpf,
+            netlink_links: Vec::new(),
+        })
     }
 
     /// Attaches ingress and egress programs to `interface` (TCX links,
@@ -272,14 +286,25 @@ impl NodePortLb {
                 program.attach_to_link(link).map_err(|e| err(&what)(&e))?;
                 continue;
             }
-            // Kernels without TCX need the clsact qdisc; it may already be there.
-            let _ = aya::programs::tc::qdisc_add_clsact(interface);
+            // Kernels without TCX need the clsact qdisc; it may already be
+            // there, with a filter a killed agent left behind: remove that one.
+            let tcx = aya::util::KernelVersion::current()
+                .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+            if !tcx {
+                let _ = aya::programs::tc::qdisc_add_clsact(interface);
+                let _ = aya::programs::tc::qdisc_detach_program(interface, direction, name);
+            }
             let id = program
                 .attach(interface, direction)
                 .map_err(|e| err(&what)(&e))?;
             let link = program.take_link(id).map_err(|e| err(&what)(&e))?;
-            let fd_link: FdLink = link.try_into().map_err(|e| err(&what)(&e))?;
-            fd_link.pin(&pin).map_err(|e| err(&what)(&e))?;
+            if tcx {
+                let fd_link: FdLink = link.try_into().map_err(|e| err(&what)(&e))?;
+                fd_link.pin(&pin).map_err(|e| err(&what)(&e))?;
+            } else {
+                tracing::warn!(interface, program = name, "kernel before 6.6: tc programs are attached with netlink and detach when the agent stops (no TCX links to pin)");
+                self.netlink_links.push(link);
+            }
         }
         Ok(())
     }
