@@ -51,6 +51,7 @@ mod pod {
     unsafe impl aya::Pod for Ct4Key {}
     unsafe impl aya::Pod for Ct4Entry {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for IdCounters {}
 }
 
 const SOCK_PROGRAMS: [&str; 8] = [
@@ -332,6 +333,7 @@ pub struct LbMaps {
     revnat: BpfHashMap<MapData, Lb4RevNatKey, Lb4RevNat>,
     services6: BpfHashMap<MapData, Lb6Key, Lb4Service>,
     backends6: BpfHashMap<MapData, u32, Lb6Backend>,
+    ids: aya::maps::Array<MapData, IdCounters>,
 }
 
 impl LbMaps {
@@ -344,7 +346,13 @@ impl LbMaps {
             revnat: open_pinned(pin_dir, MAP_LB4_REVNAT)?,
             services6: open_pinned(pin_dir, MAP_LB6_SERVICES)?,
             backends6: open_pinned(pin_dir, MAP_LB6_BACKENDS)?,
+            ids: open_pinned_array(pin_dir, MAP_IDS)?,
         })
+    }
+
+    /// Saves the id counters (after each successful update).
+    pub fn save_ids(&mut self, counters: IdCounters) -> Result<(), AgentError> {
+        self.ids.set(0, counters, 0).map_err(|e| err(MAP_IDS)(&e))
     }
 
     /// Destroys connected UDP sockets that socket-LB pointed at one of the
@@ -401,6 +409,22 @@ impl LbMaps {
         }
         Ok(())
     }
+}
+
+fn open_pinned_array<V: aya::Pod>(
+    pin_dir: &Path,
+    name: &str,
+) -> Result<aya::maps::Array<MapData, V>, AgentError> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| err(name)(&e))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|e| err(name)(&e))?;
+    aya::maps::Array::try_from(map).map_err(|e| err(name)(&e))
+}
+
+/// The id counters a previous agent saved (zero when none).
+pub fn read_id_counters(pin_dir: &Path) -> IdCounters {
+    open_pinned_array::<IdCounters>(pin_dir, MAP_IDS)
+        .and_then(|a| a.get(&0, 0).map_err(|e| err(MAP_IDS)(&e)))
+        .unwrap_or_default()
 }
 
 /// Every entry of a pinned hash map.

@@ -246,7 +246,11 @@ fn run(args: Args) -> Result<()> {
     // what they hold, so the first update is a diff, not a rewrite.
     let current = read_pinned(&args.pin_dir).unwrap_or_default();
     let mut programmer = Programmer {
-        planner: Planner::new(node.clone(), current),
+        planner: Planner::new(
+            node.clone(),
+            current,
+            pier_agent::loader::read_id_counters(&args.pin_dir),
+        ),
         needs_full: false,
         lb,
         metrics,
@@ -313,6 +317,9 @@ impl Programmer {
         match self.lb.apply(&ops) {
             Ok(()) => {
                 self.needs_full = false;
+                if let Err(e) = self.lb.save_ids(self.planner.id_counters()) {
+                    tracing::warn!(error = %e, "id counters not saved");
+                }
                 let state = self.planner.state();
                 tracing::info!(
                     elapsed_us = started.elapsed().as_micros() as u64,

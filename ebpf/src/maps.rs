@@ -156,6 +156,14 @@ pub struct Ct4Entry {
     pub pad: [u8; 6],
 }
 
+/// `struct pier_ids`: the id counters, kept across agent restarts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdCounters {
+    pub next_service: u32,
+    pub next_backend: u32,
+}
+
 /// `struct pier_config`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +193,7 @@ const _: () = assert!(size_of::<Lb4Maglev>() == 4 * MAGLEV_MAX);
 const _: () = assert!(size_of::<Ct4Key>() == 16);
 const _: () = assert!(size_of::<Ct4Entry>() == 32);
 const _: () = assert!(size_of::<Config>() == 24);
+const _: () = assert!(size_of::<IdCounters>() == 8);
 const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
 const _: () = assert!(size_of::<Lb4Affinity>() == 16);
 const _: () = assert!(size_of::<Lb4Key>() == 8);
@@ -206,4 +215,5 @@ pub const MAP_LB6_BACKENDS: &str = "pier_lb6_backends";
 pub const MAP_LB6_REVNAT: &str = "pier_lb6_revnat";
 pub const MAP_CT4: &str = "pier_ct4";
 pub const MAP_CONFIG: &str = "pier_config";
+pub const MAP_IDS: &str = "pier_ids";
 pub const MAP_COUNTERS: &str = "pier_counters";

@@ -65,8 +65,14 @@ pub struct Ids {
 impl Ids {
     /// Ids already in the kernel maps (after an agent restart): backends keep
     /// their ids; new service ids start above every id in use.
-    pub fn adopt(state: &MapState) -> Ids {
-        let mut ids = Ids::default();
+    /// `counters` are the ones a previous agent saved (zero when none): ids
+    /// continue above them even if the highest ids have left the maps.
+    pub fn adopt(state: &MapState, counters: IdCounters) -> Ids {
+        let mut ids = Ids {
+            next_service: counters.next_service,
+            next_backend: counters.next_backend,
+            ..Ids::default()
+        };
         for (id, b) in &state.backends {
             ids.backends.insert(Lb4Backend { flags: 0, ..*b }, *id);
             ids.next_backend = ids.next_backend.max(*id);
@@ -80,9 +86,16 @@ impl Ids {
             .values()
             .chain(state.services6.values())
             .map(|s| s.service_id)
-            .max()
-            .unwrap_or(0);
+            .fold(ids.next_service, u32::max);
         ids
+    }
+
+    /// The counters to save, so a restarted agent never reuses an id.
+    pub fn counters(&self) -> IdCounters {
+        IdCounters {
+            next_service: self.next_service,
+            next_backend: self.next_backend,
+        }
     }
 
     /// Forgets ids nothing in `state` uses (services and endpoints that left),

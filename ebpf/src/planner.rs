@@ -35,10 +35,10 @@ pub struct Planner {
 impl Planner {
     /// Starts from what the kernel maps already hold (empty, or adopted
     /// from a previous agent's pinned maps).
-    pub fn new(node: NodeInfo, kernel: MapState) -> Planner {
+    pub fn new(node: NodeInfo, kernel: MapState, counters: crate::maps::IdCounters) -> Planner {
         Planner {
             node,
-            ids: Ids::adopt(&kernel),
+            ids: Ids::adopt(&kernel, counters),
             fragments: BTreeMap::new(),
             users: BTreeMap::new(),
             set_of: BTreeMap::new(),
@@ -53,6 +53,11 @@ impl Planner {
     /// What the kernel maps hold once the last operations are applied.
     pub fn state(&self) -> &MapState {
         &self.state
+    }
+
+    /// The id counters to keep across restarts (see [`Ids::counters`]).
+    pub fn id_counters(&self) -> crate::maps::IdCounters {
+        self.ids.counters()
     }
 
     /// The IPv4 backends the last [`Planner::full`] / [`Planner::update`] removed.

@@ -55,6 +55,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pier_lb4_maglev SEC(".maps");
 
+/* Written and read by the agent only (see struct pier_ids). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pier_ids);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pier_ids SEC(".maps");
+
 /* The backend id Maglev gives a flow hash, or 0 (no table: pick at random). */
 static __always_inline __u32 pier_lb4_maglev_id(const struct pier_lb4_service *svc, __u32 flow_hash)
 {

@@ -122,7 +122,7 @@ fn incremental_updates_reach_the_same_maps_as_a_full_plan_without_a_broken_step(
             &[("web", &[5]), ("shared", &[5, 6])],
         ),
     ];
-    let mut planner = Planner::new(node(), MapState::default());
+    let mut planner = Planner::new(node(), MapState::default(), IdCounters::default());
     let mut kernel = MapState::default();
     let mut previous = Snapshot::empty();
     for (i, snap) in steps.iter().enumerate() {
@@ -183,7 +183,7 @@ fn an_endpoint_change_re_plans_only_the_services_using_that_set() {
         .unwrap()
         .endpoints
         .push(ep(9));
-    let mut planner = Planner::new(node(), MapState::default());
+    let mut planner = Planner::new(node(), MapState::default(), IdCounters::default());
     planner.full(&before);
     let touched = planner.touched([], [&"svc7".to_string()]);
     assert_eq!(touched, BTreeSet::from(["svc7".to_string()]));
@@ -198,7 +198,7 @@ fn an_address_moving_to_another_service_in_one_delta_stays_programmed() {
     // coredns sorts first, so its put comes before kube-dns' delete.
     let before = snapshot(&[("kube-dns", 10, "dns", None)], &[("dns", &[1, 2])]);
     let after = snapshot(&[("coredns", 10, "dns", None)], &[("dns", &[1, 2])]);
-    let mut planner = Planner::new(node(), MapState::default());
+    let mut planner = Planner::new(node(), MapState::default(), IdCounters::default());
     let mut kernel = MapState::default();
     for op in planner.full(&before) {
         apply(&mut kernel, &op);
@@ -211,4 +211,32 @@ fn an_address_moving_to_another_service_in_one_delta_stays_programmed() {
     let fresh = plan(&after, &node(), &mut Ids::default());
     assert_eq!(resolved(&kernel), resolved(&fresh));
     assert_eq!(kernel.services.len(), 1, "10.96.0.10:80 is still there");
+}
+
+#[test]
+fn a_restarted_planner_never_reuses_an_id_even_if_the_highest_left() {
+    let first = snapshot(&[("web", 1, "web", None)], &[("web", &[1, 2, 3])]);
+    let mut planner = Planner::new(node(), MapState::default(), IdCounters::default());
+    let mut kernel = MapState::default();
+    for op in planner.full(&first) {
+        apply(&mut kernel, &op);
+    }
+    // The endpoint with the highest id leaves, then the agent restarts.
+    let highest = *kernel.backends.keys().max().unwrap();
+    let shrunk = snapshot(&[("web", 1, "web", None)], &[("web", &[1, 2])]);
+    let touched = planner.touched([], [&"web".to_string()]);
+    for op in planner.update(&shrunk, &touched) {
+        apply(&mut kernel, &op);
+    }
+    assert!(!kernel.backends.contains_key(&highest));
+    let saved = planner.id_counters();
+    let mut restarted = Planner::new(node(), kernel.clone(), saved);
+    // A new endpoint arrives: its id is above every id ever given.
+    let grown = snapshot(&[("web", 1, "web", None)], &[("web", &[1, 2, 9])]);
+    restarted.full(&grown);
+    let newest = *restarted.state().backends.keys().max().unwrap();
+    assert!(
+        newest > highest,
+        "{newest} reuses an id (highest ever {highest})"
+    );
 }
