@@ -9,7 +9,7 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
     ("sock", "sock", &[]),
     // For kernels before 5.18 (no bpf_set_retval in cgroup hooks).
     ("sock_compat", "sock", &["-DPIER_NO_SET_RETVAL"]),
-    ("nodeport", "nodeport", &[]),
+    ("tc_nodeport", "tc_nodeport", &[]),
 ];
 
 fn clang() -> String {

@@ -22,7 +22,7 @@ pub static SOCK_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sock.o
 pub static SOCK_COMPAT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sock_compat.o"));
 
 /// The tc object (NodePort / LB IP / externalIP from outside, conntrack).
-pub static NODEPORT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nodeport.o"));
+pub static NODEPORT_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tc_nodeport.o"));
 
 #[cfg(test)]
 mod tests {

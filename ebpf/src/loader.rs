@@ -247,11 +247,11 @@ impl NodePortLb {
     ) -> Result<NodePortLb, AgentError> {
         let mut ebpf = loader(pin_dir, sizes)?
             .load(crate::NODEPORT_OBJECT)
-            .map_err(|e| err("loading nodeport.o")(&e))?;
+            .map_err(|e| err("loading tc_nodeport.o")(&e))?;
         for (name, _) in TC_PROGRAMS {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
-                .ok_or_else(|| AgentError(format!("program {name} missing from nodeport.o")))?
+                .ok_or_else(|| AgentError(format!("program {name} missing from tc_nodeport.o")))?
                 .try_into()
                 .map_err(|e| err(name)(&e))?;
             program.load().map_err(|e| err(name)(&e))?;

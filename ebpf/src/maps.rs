@@ -177,7 +177,7 @@ pub struct Config {
     pub pad: u32,
 }
 
-/// Indexes of `pier_counters` (drops and passes by reason, per CPU).
+/// Indexes of `pier_ct4_counters` (drops and passes by reason, per CPU).
 pub const COUNTERS: [(u32, &str); 6] = [
     (0, "no_backend"),
     (1, "snat_ports_exhausted"),
@@ -213,7 +213,7 @@ pub const MAP_LB4_MAGLEV: &str = "pier_lb4_maglev";
 pub const MAP_LB6_SERVICES: &str = "pier_lb6_services";
 pub const MAP_LB6_BACKENDS: &str = "pier_lb6_backends";
 pub const MAP_LB6_REVNAT: &str = "pier_lb6_revnat";
-pub const MAP_CT4: &str = "pier_ct4";
-pub const MAP_CONFIG: &str = "pier_config";
-pub const MAP_IDS: &str = "pier_ids";
-pub const MAP_COUNTERS: &str = "pier_counters";
+pub const MAP_CT4: &str = "pier_ct4_flows";
+pub const MAP_CONFIG: &str = "pier_ct4_config";
+pub const MAP_IDS: &str = "pier_lb4_ids";
+pub const MAP_COUNTERS: &str = "pier_ct4_counters";

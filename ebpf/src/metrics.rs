@@ -146,7 +146,7 @@ pub fn render(p: &Programmed, pin_dir: &std::path::Path, sizes: &MapSizes) -> St
             ("{map=\"pier_lb4_slots\"}", f64::from(sizes.backends)),
             ("{map=\"pier_lb4_backends\"}", f64::from(sizes.backends)),
             ("{map=\"pier_lb4_maglev\"}", f64::from(sizes.maglev_tables)),
-            ("{map=\"pier_ct4\"}", f64::from(sizes.conntrack)),
+            ("{map=\"pier_ct4_flows\"}", f64::from(sizes.conntrack)),
         ],
     );
     metric(

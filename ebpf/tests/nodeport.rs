@@ -335,5 +335,5 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
         2.0
     );
     assert!(value("pier_agent_programming_total{result=\"ok\"} ") >= 1.0);
-    assert!(value("pier_agent_map_capacity{map=\"pier_ct4\"} ") > 0.0);
+    assert!(value("pier_agent_map_capacity{map=\"pier_ct4_flows\"} ") > 0.0);
 }

@@ -151,7 +151,7 @@ struct pier_ct4_entry {
 #define PIER_CT_REPLY (1 << 0)  /* a reply: from the backend towards the client */
 #define PIER_CT_SNAT (1 << 1)   /* source rewritten to the node: route it ourselves */
 
-/* pier_ids, a one-entry array: the agent's id counters, kept across agent
+/* pier_lb4_ids, a one-entry array: the agent's id counters, kept across agent
  * restarts so an id is never given to a second service or backend (a
  * conntrack entry naming a departed backend must not find a new one). */
 struct pier_ids {
@@ -159,7 +159,7 @@ struct pier_ids {
 	__u32 next_backend;
 };
 
-/* pier_config, a one-entry array written by the agent. */
+/* pier_ct4_config, a one-entry array written by the agent. */
 struct pier_config {
 	__be32 snat_address; /* the node's address for SNAT (0: the address hit) */
 	__u16 snat_port_min; /* SNAT ports, host order, outside the ephemeral range */

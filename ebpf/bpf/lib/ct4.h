@@ -12,7 +12,7 @@ struct {
 	__type(key, struct pier_ct4_key);
 	__type(value, struct pier_ct4_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pier_ct4 SEC(".maps");
+} pier_ct4_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -20,7 +20,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pier_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pier_config SEC(".maps");
+} pier_ct4_config SEC(".maps");
 
 /* Why a packet was dropped or left alone, counted per CPU for metrics. */
 #define PIER_DROP_NO_BACKEND 0  /* a service without endpoints */
@@ -37,11 +37,11 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pier_counters SEC(".maps");
+} pier_ct4_counters SEC(".maps");
 
 static __always_inline void pier_count(__u32 reason)
 {
-	__u64 *n = bpf_map_lookup_elem(&pier_counters, &reason);
+	__u64 *n = bpf_map_lookup_elem(&pier_ct4_counters, &reason);
 
 	if (n)
 		*n += 1;
@@ -51,7 +51,7 @@ static __always_inline const struct pier_config *pier_config_get(void)
 {
 	__u32 zero = 0;
 
-	return bpf_map_lookup_elem(&pier_config, &zero);
+	return bpf_map_lookup_elem(&pier_ct4_config, &zero);
 }
 
 /* Whether an entry has been idle past its protocol's timeout. */

@@ -62,7 +62,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pier_ids);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pier_ids SEC(".maps");
+} pier_lb4_ids SEC(".maps");
 
 /* The backend id Maglev gives a flow hash, or 0 (no table: pick at random). */
 static __always_inline __u32 pier_lb4_maglev_id(const struct pier_lb4_service *svc, __u32 flow_hash)

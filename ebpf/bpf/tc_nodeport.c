@@ -174,7 +174,7 @@ static __always_inline struct pier_ct4_entry *other_direction(const struct pier_
 		.proto = proto,
 	};
 
-	return bpf_map_lookup_elem(&pier_ct4, &other);
+	return bpf_map_lookup_elem(&pier_ct4_flows, &other);
 }
 
 /* A FIN or RST ends a TCP flow: both directions' entries get the short
@@ -233,9 +233,9 @@ static __always_inline int claim_snat_port(struct pier_ct4_key *reply_key, struc
 		struct pier_ct4_entry *old;
 
 		reply_key->dport = bpf_htons(cfg->snat_port_min + (hash + i * 7919) % range);
-		if (bpf_map_update_elem(&pier_ct4, reply_key, reply, BPF_NOEXIST) == 0)
+		if (bpf_map_update_elem(&pier_ct4_flows, reply_key, reply, BPF_NOEXIST) == 0)
 			return 0;
-		old = bpf_map_lookup_elem(&pier_ct4, reply_key);
+		old = bpf_map_lookup_elem(&pier_ct4_flows, reply_key);
 		if (old && pier_ct4_expired(old, reply_key->proto, now, cfg)) {
 			/* One-way traffic (e.g. UDP to a remote backend) only
 			 * refreshes the forward entry: the port is free only if
@@ -243,7 +243,7 @@ static __always_inline int claim_snat_port(struct pier_ct4_key *reply_key, struc
 			struct pier_ct4_entry *old_forward = other_direction(old, reply_key->proto);
 
 			if ((!old_forward || pier_ct4_expired(old_forward, reply_key->proto, now, cfg)) &&
-			    bpf_map_update_elem(&pier_ct4, reply_key, reply, BPF_ANY) == 0)
+			    bpf_map_update_elem(&pier_ct4_flows, reply_key, reply, BPF_ANY) == 0)
 				return 0;
 		}
 	}
@@ -304,7 +304,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct packet *
 		 * the reply leaves through the egress program. */
 		reply_key.daddr = p->tuple.saddr;
 		reply_key.dport = p->tuple.sport;
-		bpf_map_update_elem(&pier_ct4, &reply_key, &reply, BPF_ANY);
+		bpf_map_update_elem(&pier_ct4_flows, &reply_key, &reply, BPF_ANY);
 	} else {
 		fwd.flags = PIER_CT_SNAT;
 		reply.flags |= PIER_CT_SNAT;
@@ -316,7 +316,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, const struct packet *
 		}
 		fwd.sport = reply_key.dport;
 	}
-	bpf_map_update_elem(&pier_ct4, &p->tuple, &fwd, BPF_ANY);
+	bpf_map_update_elem(&pier_ct4_flows, &p->tuple, &fwd, BPF_ANY);
 	return translate(skb, p, &fwd);
 }
 
@@ -410,7 +410,7 @@ static __always_inline int translate_icmp_error(struct __sk_buff *skb, struct pa
 	key.sport = e.inner.dport;
 	key.dport = e.inner.sport;
 	key.proto = e.inner.proto;
-	ct = bpf_map_lookup_elem(&pier_ct4, &key);
+	ct = bpf_map_lookup_elem(&pier_ct4_flows, &key);
 	if (!ct || pier_ct4_expired(ct, key.proto, now, cfg))
 		return TC_ACT_OK;
 	kind = ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT);
@@ -459,7 +459,7 @@ int pier_nodeport_ingress(struct __sk_buff *skb)
 		return translate_icmp_error(skb, &p, 1, cfg, now);
 	if (parsed < 0)
 		return TC_ACT_OK;
-	ct = bpf_map_lookup_elem(&pier_ct4, &p.tuple);
+	ct = bpf_map_lookup_elem(&pier_ct4_flows, &p.tuple);
 	/* Entries for replies from local pods belong to the egress program. */
 	if (ct && (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY &&
 	    !pier_ct4_expired(ct, p.tuple.proto, now, cfg)) {
@@ -492,7 +492,7 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 		return translate_icmp_error(skb, &p, 0, cfg, now);
 	if (parsed < 0)
 		return TC_ACT_OK;
-	ct = bpf_map_lookup_elem(&pier_ct4, &p.tuple);
+	ct = bpf_map_lookup_elem(&pier_ct4_flows, &p.tuple);
 	if (!ct || (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY ||
 	    pier_ct4_expired(ct, p.tuple.proto, now, cfg))
 		return TC_ACT_OK;
