@@ -550,6 +550,57 @@ pub fn render_status(state: &crate::plan::MapState) -> String {
     out
 }
 
+/// Up to `limit` conntrack entries (`status`).
+pub fn read_conntrack(pin_dir: &Path, limit: usize) -> Result<Vec<(Ct4Key, Ct4Entry)>, AgentError> {
+    let map: BpfHashMap<MapData, Ct4Key, Ct4Entry> = open_pinned(pin_dir, MAP_CT4)?;
+    Ok(map.iter().filter_map(Result::ok).take(limit).collect())
+}
+
+/// A readable table of conntrack entries: the tuple seen on the wire and
+/// what it is rewritten to.
+pub fn render_conntrack(flows: &[(Ct4Key, Ct4Entry)]) -> String {
+    use std::fmt::Write;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let at = |a: [u8; 4], port_be: u16| SocketAddrV4::new(Ipv4Addr::from(a), u16::from_be(port_be));
+    let mut out = String::new();
+    if flows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<5} {:<22} {:<22}    {:<22} {:<22} KIND",
+        "PROTO", "SOURCE", "DESTINATION", "REWRITTEN SOURCE", "REWRITTEN DESTINATION"
+    );
+    for (k, e) in flows {
+        let proto = match k.proto {
+            PROTO_TCP => "TCP",
+            PROTO_UDP => "UDP",
+            _ => "?",
+        };
+        let mut kind = if e.flags & CT_REPLY != 0 {
+            "reply"
+        } else {
+            "forward"
+        }
+        .to_string();
+        if e.flags & CT_SNAT != 0 {
+            kind.push_str(", snat");
+        }
+        if e.closing != 0 {
+            kind.push_str(", closing");
+        }
+        let _ = writeln!(
+            out,
+            "{proto:<5} {:<22} {:<22} -> {:<22} {:<22} {kind}",
+            at(k.saddr, k.sport_be).to_string(),
+            at(k.daddr, k.dport_be).to_string(),
+            at(e.saddr, e.sport_be).to_string(),
+            at(e.daddr, e.dport_be).to_string(),
+        );
+    }
+    out
+}
+
 /// Conntrack entries and drop / pass counters, for `status` and metrics.
 #[derive(Debug, Default)]
 pub struct DataPathStats {

@@ -135,8 +135,13 @@ fn interface_addresses(name: &str) -> Vec<std::net::Ipv4Addr> {
 enum Command {
     /// Detach the hooks and remove the pinned links and maps.
     Uninstall,
-    /// Print the services and backends programmed in the pinned maps.
-    Status,
+    /// Print the services and backends programmed in the pinned maps, the
+    /// conntrack entries of traffic from outside and the drop counters.
+    Status {
+        /// How many conntrack entries to list (0: only count them).
+        #[arg(long, default_value_t = 50)]
+        conntrack: usize,
+    },
 }
 
 fn main() {
@@ -155,11 +160,14 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
-    if let Some(Command::Status) = args.command {
+    if let Some(Command::Status { conntrack }) = args.command {
         let state = read_pinned(&args.pin_dir)
             .map_err(anyhow::Error::new)
             .with_context(|| format!("reading the maps pinned in {}", args.pin_dir.display()))?;
         print!("{}", render_status(&state));
+        if let Ok(flows) = pier_agent::loader::read_conntrack(&args.pin_dir, conntrack) {
+            print!("{}", pier_agent::loader::render_conntrack(&flows));
+        }
         if let Ok(stats) = read_stats(&args.pin_dir) {
             println!("{} conntrack entries", stats.conntrack_entries);
             for (reason, n) in stats.counters {

@@ -303,6 +303,14 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
         .parse()
         .unwrap();
     assert!(ct >= 2, "{status}");
+    // The flows themselves: the client's tuple and what it became.
+    assert!(status.contains("REWRITTEN DESTINATION"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("192.0.2.2:") && l.contains("-> 192.0.2.1:") && l.contains("snat")),
+        "an SNATed flow to the remote backend is listed:\n{status}"
+    );
 
     // The agent's metrics (served inside the node's namespace), once the
     // restarted agent has programmed its first snapshot (/healthz).
