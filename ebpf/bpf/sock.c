@@ -10,6 +10,7 @@
 #include "lib/lb6.h"
 /* Not used here, but every object creates every shared map: either can be loaded first. */
 #include "lib/ct4.h"
+#include "lib/ct6.h"
 
 /* From <sys/socket.h>, which a BPF target cannot include. */
 #define SOCK_DGRAM 2

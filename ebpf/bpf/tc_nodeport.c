@@ -13,8 +13,6 @@
 #include <bpf/bpf_endian.h>
 #include "pier_maps.h"
 #include "lib/lb4.h"
-/* Not used here, but every object creates every shared map: either can be loaded first. */
-#include "lib/lb6.h"
 #include "lib/ct4.h"
 
 #define AF_INET 2
@@ -441,6 +439,8 @@ static __always_inline int translate_icmp_error(struct __sk_buff *skb, struct pa
 	return TC_ACT_OK;
 }
 
+#include "lib/nat6.h"
+
 /* Traffic arriving from outside: known flows (and replies to SNATed ones)
  * are translated by conntrack; new ones may be for a service. */
 SEC("classifier")
@@ -454,6 +454,8 @@ int pier_nodeport_ingress(struct __sk_buff *skb)
 
 	if (!cfg)
 		return TC_ACT_OK;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return pier_ingress6(skb, cfg, now);
 	parsed = parse(skb, &p);
 	if (parsed == PARSE_ICMP)
 		return translate_icmp_error(skb, &p, 1, cfg, now);
@@ -487,6 +489,8 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 
 	if (!cfg)
 		return TC_ACT_OK;
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return pier_egress6(skb, cfg, now);
 	parsed = parse(skb, &p);
 	if (parsed == PARSE_ICMP)
 		return translate_icmp_error(skb, &p, 0, cfg, now);

@@ -52,6 +52,8 @@ mod pod {
     unsafe impl aya::Pod for Ct4Entry {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for IdCounters {}
+    unsafe impl aya::Pod for Ct6Key {}
+    unsafe impl aya::Pod for Ct6Entry {}
 }
 
 const SOCK_PROGRAMS: [&str; 8] = [
@@ -156,6 +158,7 @@ fn loader(pin_dir: &Path, sizes: &MapSizes) -> Result<EbpfLoader<'static>, Agent
         .map_max_entries(MAP_LB6_SERVICES, sizes.services)
         .map_max_entries(MAP_LB6_BACKENDS, sizes.backends)
         .map_max_entries(MAP_CT4, sizes.conntrack)
+        .map_max_entries(MAP_CT6, sizes.conntrack)
         .map_max_entries(MAP_LB4_MAGLEV, sizes.maglev_tables);
     Ok(loader)
 }
@@ -615,7 +618,9 @@ pub fn read_stats(pin_dir: &Path) -> Result<DataPathStats, AgentError> {
     let map = aya::maps::Map::from_map_data(data).map_err(|e| err(MAP_CT4)(&e))?;
     let ct: BpfHashMap<MapData, Ct4Key, Ct4Entry> =
         BpfHashMap::try_from(map).map_err(|e| err(MAP_CT4)(&e))?;
-    let conntrack_entries = ct.keys().filter(Result::is_ok).count();
+    let ct6: BpfHashMap<MapData, Ct6Key, Ct6Entry> = open_pinned(pin_dir, MAP_CT6)?;
+    let conntrack_entries =
+        ct.keys().filter(Result::is_ok).count() + ct6.keys().filter(Result::is_ok).count();
     let data = MapData::from_pin(pin_dir.join(MAP_COUNTERS)).map_err(|e| err(MAP_COUNTERS)(&e))?;
     let map = aya::maps::Map::from_map_data(data).map_err(|e| err(MAP_COUNTERS)(&e))?;
     let per_cpu: aya::maps::PerCpuArray<MapData, u64> =

@@ -50,14 +50,17 @@ struct Args {
     /// externalIPs from outside). Repeat for several; none: socket LB only.
     #[arg(long = "interface", value_name = "NAME")]
     interfaces: Vec<String>,
-    /// This node's addresses NodePorts answer on (default: the IPv4
-    /// addresses of the --interface interfaces).
-    #[arg(long = "node-address", value_name = "IPV4")]
-    node_addresses: Vec<std::net::Ipv4Addr>,
+    /// This node's addresses NodePorts answer on, IPv4 or IPv6 (default:
+    /// the addresses of the --interface interfaces, link-local ones left out).
+    #[arg(long = "node-address", value_name = "IP")]
+    node_addresses: Vec<std::net::IpAddr>,
     /// Source address for SNAT towards backends on other nodes (default: the
-    /// first node address; none: the node address the client used).
+    /// first IPv4 node address; none: the node address the client used).
     #[arg(long)]
     snat_address: Option<std::net::Ipv4Addr>,
+    /// The same for IPv6 (default: the first IPv6 node address).
+    #[arg(long)]
+    snat_address6: Option<std::net::Ipv6Addr>,
     /// SNAT source ports; keep them outside net.ipv4.ip_local_port_range so
     /// they never collide with the node's own connections.
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
@@ -103,8 +106,8 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
-/// The IPv4 addresses of an interface.
-fn interface_addresses(name: &str) -> Vec<std::net::Ipv4Addr> {
+/// The addresses of an interface (IPv4, and IPv6 other than link-local).
+fn interface_addresses(name: &str) -> Vec<std::net::IpAddr> {
     let mut found = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we only read and
@@ -117,12 +120,21 @@ fn interface_addresses(name: &str) -> Vec<std::net::Ipv4Addr> {
         let mut cursor = list;
         while !cursor.is_null() {
             let entry = &*cursor;
-            if !entry.ifa_addr.is_null()
-                && i32::from((*entry.ifa_addr).sa_family) == libc::AF_INET
-                && std::ffi::CStr::from_ptr(entry.ifa_name).to_bytes() == name.as_bytes()
-            {
+            let named = std::ffi::CStr::from_ptr(entry.ifa_name).to_bytes() == name.as_bytes();
+            let family = if entry.ifa_addr.is_null() {
+                -1
+            } else {
+                i32::from((*entry.ifa_addr).sa_family)
+            };
+            if named && family == libc::AF_INET {
                 let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                found.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                found.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
+            } else if named && family == libc::AF_INET6 {
+                let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
+                let a = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                if a.segments()[0] & 0xffc0 != 0xfe80 {
+                    found.push(a.into());
+                }
             }
             cursor = entry.ifa_next;
         }
@@ -193,10 +205,25 @@ fn run(args: Args) -> Result<()> {
             .flat_map(|i| interface_addresses(i))
             .collect();
     }
+    let addresses6: Vec<std::net::Ipv6Addr> = addresses
+        .iter()
+        .filter_map(|a| match a {
+            std::net::IpAddr::V6(a) => Some(*a),
+            std::net::IpAddr::V4(_) => None,
+        })
+        .collect();
+    let addresses: Vec<std::net::Ipv4Addr> = addresses
+        .iter()
+        .filter_map(|a| match a {
+            std::net::IpAddr::V4(a) => Some(*a),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
     let node = NodeInfo {
         name: args.node_name.clone(),
         zone: args.zone.clone(),
         addresses: addresses.clone(),
+        addresses6: addresses6.clone(),
         maglev_table_size: args.maglev_table_size,
     };
     if pier_agent::maglev::table(&[], args.maglev_table_size as usize).is_err()
@@ -227,6 +254,10 @@ fn run(args: Args) -> Result<()> {
         udp_timeout_s: args.udp_timeout,
         closing_timeout_s: args.tcp_closing_timeout,
         pad: 0,
+        snat_address6: args
+            .snat_address6
+            .or(addresses6.first().copied())
+            .map_or([0; 16], |a| a.octets()),
     };
     let mut nodeport = NodePortLb::load(&args.pin_dir, &sizes, &config)
         .map_err(anyhow::Error::new)
@@ -236,7 +267,7 @@ fn run(args: Args) -> Result<()> {
             .attach(&args.pin_dir, interface)
             .map_err(anyhow::Error::new)
             .with_context(|| format!("attaching the tc programs to {interface}"))?;
-        tracing::info!(interface, node_addresses = ?addresses, snat = ?snat, "NodePort / external traffic attached");
+        tracing::info!(interface, node_addresses = ?addresses, node_addresses6 = ?addresses6, snat = ?snat, "NodePort / external traffic attached");
     }
     let metrics = pier_agent::metrics::Shared::default();
     let metrics_at = pier_agent::metrics::serve(

@@ -138,6 +138,33 @@ pub struct Ct4Key {
     pub pad: [u8; 3],
 }
 
+/// `struct pier_ct6_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ct6Key {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+
+/// `struct pier_ct6_entry`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ct6Entry {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub backend_id: u32,
+    pub last_seen_ns: u64,
+    pub flags: u8,
+    pub closing: u8,
+    pub pad: [u8; 6],
+}
+
 pub const CT_REPLY: u8 = 1 << 0;
 pub const CT_SNAT: u8 = 1 << 1;
 
@@ -175,6 +202,7 @@ pub struct Config {
     pub udp_timeout_s: u32,
     pub closing_timeout_s: u32,
     pub pad: u32,
+    pub snat_address6: [u8; 16],
 }
 
 /// Indexes of `pier_ct4_counters` (drops and passes by reason, per CPU).
@@ -192,7 +220,9 @@ const _: () = assert!(size_of::<Lb6Backend>() == 20);
 const _: () = assert!(size_of::<Lb4Maglev>() == 4 * MAGLEV_MAX);
 const _: () = assert!(size_of::<Ct4Key>() == 16);
 const _: () = assert!(size_of::<Ct4Entry>() == 32);
-const _: () = assert!(size_of::<Config>() == 24);
+const _: () = assert!(size_of::<Config>() == 40);
+const _: () = assert!(size_of::<Ct6Key>() == 40);
+const _: () = assert!(size_of::<Ct6Entry>() == 56);
 const _: () = assert!(size_of::<IdCounters>() == 8);
 const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
 const _: () = assert!(size_of::<Lb4Affinity>() == 16);
@@ -214,6 +244,7 @@ pub const MAP_LB6_SERVICES: &str = "pier_lb6_services";
 pub const MAP_LB6_BACKENDS: &str = "pier_lb6_backends";
 pub const MAP_LB6_REVNAT: &str = "pier_lb6_revnat";
 pub const MAP_CT4: &str = "pier_ct4_flows";
+pub const MAP_CT6: &str = "pier_ct6_flows";
 pub const MAP_CONFIG: &str = "pier_ct4_config";
 pub const MAP_IDS: &str = "pier_lb4_ids";
 pub const MAP_COUNTERS: &str = "pier_ct4_counters";

@@ -14,6 +14,8 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// Node addresses NodePorts are served on (from outside and from this node's sockets).
     pub addresses: Vec<Ipv4Addr>,
+    /// The node's IPv6 addresses NodePorts are served on from outside.
+    pub addresses6: Vec<std::net::Ipv6Addr>,
     /// Maglev table size for services reached from outside (a prime ≤
     /// [`MAGLEV_MAX`]; 0 means [`crate::maglev::DEFAULT_TABLE_SIZE`]).
     pub maglev_table_size: u32,
@@ -370,19 +372,20 @@ pub fn plan_service(
         proto: proto(svc.protocol),
         scope,
     };
-    let keys6 = |addresses: &mut dyn Iterator<Item = &IpAddr>| -> Vec<Lb6Key> {
-        addresses
-            .filter_map(|a| match a {
-                IpAddr::V6(a) => Some(Lb6Key {
-                    address: a.octets(),
-                    port_be: svc.port.to_be(),
-                    proto: proto(svc.protocol),
-                    scope: SCOPE_CLUSTER,
-                }),
-                IpAddr::V4(_) => None,
-            })
-            .collect()
-    };
+    let keys6 =
+        |addresses: &mut dyn Iterator<Item = &IpAddr>, port: u16, scope: u8| -> Vec<Lb6Key> {
+            addresses
+                .filter_map(|a| match a {
+                    IpAddr::V6(a) => Some(Lb6Key {
+                        address: a.octets(),
+                        port_be: port.to_be(),
+                        proto: proto(svc.protocol),
+                        scope,
+                    }),
+                    IpAddr::V4(_) => None,
+                })
+                .collect()
+        };
     // Internal view: ClusterIPs, under internalTrafficPolicy.
     let internal: Vec<Lb4Key> = svc
         .cluster_ips
@@ -399,7 +402,7 @@ pub fn plan_service(
     let view = View {
         name: format!("{name}#internal"),
         keys: internal,
-        keys6: keys6(&mut svc.cluster_ips.iter()),
+        keys6: keys6(&mut svc.cluster_ips.iter(), svc.port, SCOPE_CLUSTER),
         endpoints: eps,
         flags: flag,
         maglev: false,
@@ -419,7 +422,11 @@ pub fn plan_service(
     let view = View {
         name: format!("{name}#in-cluster-external"),
         keys: in_cluster,
-        keys6: keys6(&mut svc.external_ips.iter().chain(&svc.load_balancer_ips)),
+        keys6: keys6(
+            &mut svc.external_ips.iter().chain(&svc.load_balancer_ips),
+            svc.port,
+            SCOPE_CLUSTER,
+        ),
         endpoints: eps,
         flags: 0,
         maglev: false,
@@ -451,7 +458,18 @@ pub fn plan_service(
     let view = View {
         name: format!("{name}#external"),
         keys: node_ports,
-        keys6: Vec::new(),
+        keys6: {
+            let mut outside = keys6(
+                &mut svc.external_ips.iter().chain(&svc.load_balancer_ips),
+                svc.port,
+                SCOPE_EXTERNAL,
+            );
+            if let Some(node_port) = svc.node_port {
+                let node6: Vec<IpAddr> = node.addresses6.iter().map(|a| IpAddr::V6(*a)).collect();
+                outside.extend(keys6(&mut node6.iter(), node_port, SCOPE_NODEPORT));
+            }
+            outside
+        },
         endpoints: eps,
         flags: flag,
         maglev: true,

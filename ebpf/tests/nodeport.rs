@@ -60,7 +60,11 @@ fn manifests() -> String {
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
              addressType: IPv4\nports: [{{name: tcp, port: 8080, protocol: TCP}}, {{name: udp, port: 5353, protocol: UDP}}]\nendpoints:\n\
              - {{addresses: [198.51.100.2], conditions: {{ready: true}}, nodeName: node-a}}\n\
-             - {{addresses: [203.0.113.10], conditions: {{ready: true}}, nodeName: node-b}}\n---\n",
+             - {{addresses: [203.0.113.10], conditions: {{ready: true}}, nodeName: node-b}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-6, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv6\nports: [{{name: tcp, port: 8080, protocol: TCP}}, {{name: udp, port: 5353, protocol: UDP}}]\nendpoints:\n\
+             - {{addresses: [\"fd00:44::2\"], conditions: {{ready: true}}, nodeName: node-a}}\n\
+             - {{addresses: [\"fd00:55::10\"], conditions: {{ready: true}}, nodeName: node-b}}\n---\n",
             udp = node_port + 100
         )
     };
@@ -121,14 +125,16 @@ fn lab() -> Lab {
     let pod = Netns::new("pod");
     lan.sh("ip link add br0 type bridge");
     lan.sh("ip link set br0 up");
-    for (ns, port, ip) in [
-        (&client, "lan-c", "192.0.2.2"),
-        (&node, "lan-n", "192.0.2.1"),
-        (&remote, "lan-r", "192.0.2.3"),
+    for (ns, port, ip, ip6) in [
+        (&client, "lan-c", "192.0.2.2", "2001:db8::2"),
+        (&node, "lan-n", "192.0.2.1", "2001:db8::1"),
+        (&remote, "lan-r", "192.0.2.3", "2001:db8::3"),
     ] {
         veth(&lan, port, ns, "eth0");
         lan.sh(&format!("ip link set {port} master br0"));
         ns.sh(&format!("ip addr add {ip}/24 dev eth0"));
+        // nodad: usable at once, no duplicate address detection to wait for.
+        ns.sh(&format!("ip -6 addr add {ip6}/64 dev eth0 nodad"));
     }
     // The client reaches externalIPs through the node (as an upstream router would route them).
     client.sh("ip route add 198.18.0.0/24 via 192.0.2.1");
@@ -137,11 +143,19 @@ fn lab() -> Lab {
     node.sh("ip addr add 198.51.100.1/24 dev pod0");
     pod.sh("ip addr add 198.51.100.2/24 dev eth0");
     pod.sh("ip route add default via 198.51.100.1");
+    node.sh("ip -6 addr add fd00:44::1/64 dev pod0 nodad");
+    pod.sh("ip -6 addr add fd00:44::2/64 dev eth0 nodad");
+    pod.sh("ip -6 route add default via fd00:44::1");
     node.sh("sysctl -qw net.ipv4.ip_forward=1");
+    node.sh("sysctl -qw net.ipv6.conf.all.forwarding=1");
     node.sh("ip route add 203.0.113.0/24 via 192.0.2.3");
+    node.sh("ip -6 route add fd00:55::/64 via 2001:db8::3");
     remote.sh("ip addr add 203.0.113.10/32 dev lo");
+    remote.sh("ip -6 addr add fd00:55::10/128 dev lo nodad");
     serve(&pod, "pod", "198.51.100.2");
     serve(&remote, "remote", "203.0.113.10");
+    serve(&pod, "pod", "[fd00:44::2]");
+    serve(&remote, "remote", "[fd00:55::10]");
     Lab {
         client,
         node,
@@ -253,6 +267,30 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
         assert!(answer.starts_with("pod 192.0.2.2:"), "{answer}");
     }
     assert_eq!(ask(&lab.client, "192.0.2.1:9999").unwrap(), "node itself");
+
+    // The same over IPv6, on the node's IPv6 address.
+    let (mut local6, mut remote6) = (0, 0);
+    for _ in 0..30 {
+        let answer = ask(&lab.client, "[2001:db8::1]:30080").unwrap();
+        let (who, peer) = answer.split_once(' ').unwrap();
+        let peer: SocketAddr = peer.parse().unwrap();
+        match who {
+            "pod" => {
+                assert_eq!(peer.ip().to_string(), "2001:db8::2", "{answer}");
+                local6 += 1;
+            }
+            "remote" => {
+                assert_eq!(peer.ip().to_string(), "2001:db8::1", "{answer}");
+                assert!((61000..=65535).contains(&peer.port()), "{answer}");
+                remote6 += 1;
+            }
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    assert!(
+        local6 > 0 && remote6 > 0,
+        "IPv6: local {local6}, remote {remote6}"
+    );
 
     // A stream through the NodePort survives an agent restart (the pinned
     // links and conntrack stay), and new connections keep working.

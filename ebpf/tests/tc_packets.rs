@@ -193,6 +193,7 @@ fn load() -> Loaded {
         udp_timeout_s: 60,
         closing_timeout_s: 0,
         pad: 0,
+        snat_address6: [0; 16],
     };
     let programs = NodePortLb::load(&pins, &MapSizes::default(), &config).unwrap();
     let mut maps = LbMaps::open(&pins).unwrap();
@@ -491,4 +492,121 @@ fn a_reset_ends_the_flow_in_both_directions() {
     let (verdict, out) = lb.ingress(&syn);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(read(&out).1, (POD_A, 8080));
+}
+
+const CLIENT6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const NODE6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const POD6: [u8; 16] = [0xfd, 0, 0, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// Ethernet + IPv6 (`next` as next header) + a TCP SYN with 6 bytes of
+/// payload, checksum right.
+fn packet6(src: ([u8; 16], u16), dst: ([u8; 16], u16), next: u8) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend(src.1.to_be_bytes());
+    l4.extend(dst.1.to_be_bytes());
+    l4.extend([0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    l4.extend(b"hello!");
+    let c = l4_checksum6(src.0, dst.0, &l4);
+    l4[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd];
+    frame.extend([0x60, 0, 0, 0]);
+    frame.extend((l4.len() as u16).to_be_bytes());
+    frame.extend([next, 64]);
+    frame.extend(src.0);
+    frame.extend(dst.0);
+    frame.extend(l4);
+    frame
+}
+
+fn l4_checksum6(src: [u8; 16], dst: [u8; 16], l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend(src);
+    pseudo.extend(dst);
+    pseudo.extend((l4.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, PROTO_TCP]);
+    pseudo.extend(l4);
+    sum16(&pseudo, 0)
+}
+
+/// Source and destination of an IPv6 TCP frame, after checking the checksum.
+fn read6(frame: &[u8]) -> (([u8; 16], u16), ([u8; 16], u16)) {
+    let ip = &frame[14..];
+    let src: [u8; 16] = ip[8..24].try_into().unwrap();
+    let dst: [u8; 16] = ip[24..40].try_into().unwrap();
+    let l4 = &ip[40..];
+    assert_eq!(
+        l4_checksum6(src, dst, l4),
+        0,
+        "TCP checksum over the IPv6 pseudo header"
+    );
+    let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+    ((src, port(0)), (dst, port(2)))
+}
+
+#[test]
+fn ipv6_node_ports_are_translated_and_extension_headers_left_alone() {
+    if !privileged() {
+        return;
+    }
+    let mut lb = load();
+    let mut state = services();
+    let before = state.clone();
+    state.backends6.insert(
+        10,
+        Lb6Backend {
+            address: POD6,
+            port_be: 8080u16.to_be(),
+            proto: PROTO_TCP,
+            flags: BACKEND_LOCAL,
+        },
+    );
+    state.slots.insert(
+        Lb4SlotKey {
+            service_id: 10,
+            slot: 1,
+        },
+        10,
+    );
+    let key = Lb6Key {
+        address: NODE6,
+        port_be: 30080u16.to_be(),
+        proto: PROTO_TCP,
+        scope: SCOPE_NODEPORT,
+    };
+    let value = Lb4Service {
+        service_id: 10,
+        backend_count: 1,
+        flags: 0,
+        affinity_timeout_s: 0,
+        maglev_size: 0,
+    };
+    state.services6.insert(key, value);
+    lb.maps.apply(&diff(&before, &state)).unwrap();
+
+    let syn = packet6((CLIENT6, 40030), (NODE6, 30080), PROTO_TCP);
+    let (verdict, out) = lb.ingress(&syn);
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, dst) = read6(&out);
+    assert_eq!(
+        src,
+        (CLIENT6, 40030),
+        "the client address is kept (local backend)"
+    );
+    assert_eq!(dst, (POD6, 8080));
+    let reply = packet6((POD6, 8080), (CLIENT6, 40030), PROTO_TCP);
+    let (verdict, out) = lb.run("pier_nodeport_egress", &reply);
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(read6(&out), ((NODE6, 30080), (CLIENT6, 40030)));
+
+    // A hop-by-hop header (0) or a fragment header (44) first: untouched.
+    let fragments_before = lb.counter("fragment_passed");
+    for next in [0u8, 44] {
+        let frame = packet6((CLIENT6, 40031), (NODE6, 30080), next);
+        assert_eq!(
+            lb.ingress(&frame),
+            (TC_ACT_OK, frame.clone()),
+            "next header {next}"
+        );
+    }
+    assert_eq!(lb.counter("fragment_passed") - fragments_before, 1);
 }

@@ -148,6 +148,28 @@ struct pier_ct4_entry {
 	__u8 pad[6];
 };
 
+/* IPv6 conntrack (same meaning as the IPv4 key and entry). */
+struct pier_ct6_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct pier_ct6_entry {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;
+	__u64 last_seen_ns;
+	__u8 flags;
+	__u8 closing;
+	__u8 pad[6];
+};
+
 #define PIER_CT_REPLY (1 << 0)  /* a reply: from the backend towards the client */
 #define PIER_CT_SNAT (1 << 1)   /* source rewritten to the node: route it ourselves */
 
@@ -168,6 +190,7 @@ struct pier_config {
 	__u32 udp_timeout_s;
 	__u32 closing_timeout_s; /* TCP flows after a FIN or RST */
 	__u32 pad;
+	__be32 snat_address6[4]; /* the node's IPv6 address for SNAT (zero: the address hit) */
 };
 
 #endif

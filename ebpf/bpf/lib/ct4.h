@@ -54,19 +54,24 @@ static __always_inline const struct pier_config *pier_config_get(void)
 	return bpf_map_lookup_elem(&pier_ct4_config, &zero);
 }
 
-/* Whether an entry has been idle past its protocol's timeout. */
-static __always_inline int pier_ct4_expired(const struct pier_ct4_entry *e, __u8 proto, __u64 now,
-					    const struct pier_config *cfg)
+/* Whether an entry (of either family) has been idle past its timeout. */
+static __always_inline int pier_ct_expired(__u64 last_seen_ns, __u8 closing, __u8 proto, __u64 now,
+					   const struct pier_config *cfg)
 {
 	__u64 timeout_s = proto == 6 ? cfg->tcp_timeout_s : cfg->udp_timeout_s;
 
-	if (e->closing)
+	if (closing)
 		timeout_s = cfg->closing_timeout_s;
 	/* Another CPU may have stored a later time than ours: that is fresh. */
-	if (e->last_seen_ns > now)
+	if (last_seen_ns > now)
 		return 0;
+	return now - last_seen_ns > timeout_s * 1000000000ULL;
+}
 
-	return now - e->last_seen_ns > timeout_s * 1000000000ULL;
+static __always_inline int pier_ct4_expired(const struct pier_ct4_entry *e, __u8 proto, __u64 now,
+					    const struct pier_config *cfg)
+{
+	return pier_ct_expired(e->last_seen_ns, e->closing, proto, now, cfg);
 }
 
 #endif

@@ -56,6 +56,7 @@ fn node() -> NodeInfo {
         name: "node-a".into(),
         zone: Some("z1".into()),
         addresses: vec![Ipv4Addr::new(192, 168, 1, 10)],
+        addresses6: vec!["fd00:1::10".parse().unwrap()],
         maglev_table_size: 251,
     }
 }
@@ -179,6 +180,14 @@ fn traffic_policies_zones_and_node_ports_shape_the_views() {
     assert_ne!(internal.flags & SVC_AFFINITY, 0);
     assert_eq!(internal.affinity_timeout_s, 600);
     assert_eq!(internal.flags & SVC_MAGLEV, 0, "socket LB picks at random");
+    // The NodePort on the node's IPv6 address, for the tc path.
+    let node6 = Lb6Key {
+        address: "fd00:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        port_be: 30080u16.to_be(),
+        proto: PROTO_TCP,
+        scope: SCOPE_NODEPORT,
+    };
+    assert!(state.services6.contains_key(&node6));
     assert!(!state.maglev.contains_key(&internal.service_id));
 }
 

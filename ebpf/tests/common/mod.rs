@@ -99,6 +99,9 @@ impl Netns {
         sh(&format!("ip netns add {name}"));
         let ns = Netns { name };
         ns.sh("ip link set lo up");
+        // No duplicate address detection: link-local addresses (which IPv6
+        // neighbour discovery needs) are usable at once, not after ~1 s.
+        ns.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0");
         ns
     }
 

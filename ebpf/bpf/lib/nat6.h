@@ -1,0 +1,325 @@
+/* IPv6 from outside, included by tc_nodeport.c after the IPv4 path (it uses
+ * its mix32, counters and verdict helpers): NodePorts on the node's IPv6
+ * addresses, IPv6 externalIPs and LB IPs get the same translation as IPv4
+ * (DNAT; SNAT and a redirect for a remote backend; conntrack both ways).
+ * Packets with extension headers (fragments included) and ICMPv6 are left
+ * alone. */
+#ifndef PIER_NAT6_H
+#define PIER_NAT6_H
+
+#include <linux/ipv6.h>
+#include "lib/lb6.h"
+#include "lib/ct6.h"
+
+#define AF_INET6 10
+#define IPV6_FRAGMENT 44
+
+struct packet6 {
+	__u32 l4;
+	__u32 csum_off;
+	struct pier_ct6_key tuple;
+	__u8 tcp_flags;
+};
+
+#define L3 sizeof(struct ethhdr)
+
+static __always_inline int addr6_eq(const __be32 *a, const __be32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline void addr6_copy(__be32 *to, const __be32 *from)
+{
+	to[0] = from[0];
+	to[1] = from[1];
+	to[2] = from[2];
+	to[3] = from[3];
+}
+
+/* 0 for IPv6 TCP / UDP without extension headers and with complete headers. */
+static __always_inline int parse6(struct __sk_buff *skb, struct packet6 *p)
+{
+	struct ipv6hdr ip;
+	__be16 ports[2];
+	__u32 end, l4_len = 8;
+	__u8 doff;
+
+	if (bpf_skb_load_bytes(skb, L3, &ip, sizeof(ip)) < 0 || ip.version != 6)
+		goto malformed;
+	end = L3 + sizeof(ip) + bpf_ntohs(ip.payload_len);
+	if (end > skb->len)
+		goto malformed;
+	if (ip.nexthdr == IPV6_FRAGMENT) {
+		pier_count(PIER_PASS_FRAGMENT);
+		return -1;
+	}
+	if (ip.nexthdr != IPPROTO_TCP && ip.nexthdr != IPPROTO_UDP)
+		return -1;
+	p->l4 = L3 + sizeof(ip);
+	if (ip.nexthdr == IPPROTO_TCP) {
+		if (bpf_skb_load_bytes(skb, p->l4 + 12, &doff, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1) < 0)
+			goto malformed;
+		l4_len = (doff >> 4) * 4;
+		if (l4_len < 20)
+			goto malformed;
+	}
+	if (p->l4 + l4_len > end || bpf_skb_load_bytes(skb, p->l4, ports, sizeof(ports)) < 0)
+		goto malformed;
+	p->csum_off = p->l4 + (ip.nexthdr == IPPROTO_TCP ? 16 : 6);
+	addr6_copy(p->tuple.saddr, ip.saddr.in6_u.u6_addr32);
+	addr6_copy(p->tuple.daddr, ip.daddr.in6_u.u6_addr32);
+	p->tuple.sport = ports[0];
+	p->tuple.dport = ports[1];
+	p->tuple.proto = ip.nexthdr;
+	return 0;
+malformed:
+	pier_count(PIER_PASS_MALFORMED);
+	return -1;
+}
+
+/* Replaces a 16-byte address at `off`: the transport checksum covers it
+ * through the pseudo header (IPv6 has no header checksum). */
+static __always_inline int store_addr6(struct __sk_buff *skb, const struct packet6 *p, __u32 off,
+				       __be32 *old, __be32 *new)
+{
+	__s64 diff;
+
+	if (addr6_eq(old, new))
+		return 0;
+	diff = bpf_csum_diff(old, 16, new, 16, 0);
+	if (diff < 0 || bpf_l4_csum_replace(skb, p->csum_off, 0, diff, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) ||
+	    bpf_skb_store_bytes(skb, off, new, 16, 0))
+		return -1;
+	return 0;
+}
+
+static __always_inline int rewrite6(struct __sk_buff *skb, struct packet6 *p, struct pier_ct6_entry *to)
+{
+	if (store_addr6(skb, p, L3 + offsetof(struct ipv6hdr, saddr), p->tuple.saddr, to->saddr) ||
+	    store_addr6(skb, p, L3 + offsetof(struct ipv6hdr, daddr), p->tuple.daddr, to->daddr))
+		return -1;
+	if (to->sport != p->tuple.sport &&
+	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.sport, to->sport, BPF_F_MARK_MANGLED_0 | 2) ||
+	     bpf_skb_store_bytes(skb, p->l4, &to->sport, 2, 0)))
+		return -1;
+	if (to->dport != p->tuple.dport &&
+	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.dport, to->dport, BPF_F_MARK_MANGLED_0 | 2) ||
+	     bpf_skb_store_bytes(skb, p->l4 + 2, &to->dport, 2, 0)))
+		return -1;
+	return 0;
+}
+
+/* As redirect_out, for IPv6 (hop limit instead of TTL, no header checksum). */
+static __always_inline int redirect_out6(struct __sk_buff *skb, const struct packet6 *p,
+					 const struct pier_ct6_entry *to)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 hop_at = L3 + offsetof(struct ipv6hdr, hop_limit);
+	__u8 hops;
+	long rc;
+
+	if (bpf_skb_load_bytes(skb, hop_at, &hops, 1) < 0 || hops <= 1)
+		return TC_ACT_SHOT;
+	hops -= 1;
+	if (bpf_skb_store_bytes(skb, hop_at, &hops, 1, 0))
+		return TC_ACT_SHOT;
+	fib.family = AF_INET6;
+	fib.l4_protocol = p->tuple.proto;
+	addr6_copy(fib.ipv6_src, to->saddr);
+	addr6_copy(fib.ipv6_dst, to->daddr);
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+			return TC_ACT_SHOT;
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = { .nh_family = AF_INET6 };
+
+		addr6_copy(nh.ipv6_nh, fib.ipv6_dst);
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	pier_count(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? PIER_DROP_FRAG_NEEDED : PIER_DROP_NO_ROUTE);
+	return TC_ACT_SHOT;
+}
+
+static __always_inline int translate6(struct __sk_buff *skb, struct packet6 *p, struct pier_ct6_entry *to)
+{
+	if (rewrite6(skb, p, to) < 0)
+		return TC_ACT_SHOT;
+	if (to->flags & PIER_CT_SNAT)
+		return redirect_out6(skb, p, to);
+	return TC_ACT_OK;
+}
+
+static __always_inline struct pier_ct6_entry *other_direction6(const struct pier_ct6_entry *ct, __u8 proto)
+{
+	struct pier_ct6_key other = {
+		.sport = ct->dport,
+		.dport = ct->sport,
+		.proto = proto,
+	};
+
+	addr6_copy(other.saddr, ct->daddr);
+	addr6_copy(other.daddr, ct->saddr);
+	return bpf_map_lookup_elem(&pier_ct6_flows, &other);
+}
+
+static __always_inline void note_closing6(const struct packet6 *p, struct pier_ct6_entry *ct)
+{
+	struct pier_ct6_entry *peer;
+
+	if (p->tuple.proto != IPPROTO_TCP || !(p->tcp_flags & (TCP_FIN | TCP_RST)) || ct->closing)
+		return;
+	ct->closing = 1;
+	peer = other_direction6(ct, p->tuple.proto);
+	if (peer)
+		peer->closing = 1;
+}
+
+/* The same on every node: the client and the ports, not the node address. */
+static __always_inline __u32 flow_hash6(const struct pier_ct6_key *t)
+{
+	__u32 h = mix32(t->saddr[0] ^ mix32(t->saddr[1] ^ mix32(t->saddr[2] ^ mix32(t->saddr[3]))));
+
+	return mix32(h ^ mix32(((__u32)t->sport << 16 | t->dport) ^ mix32(t->proto)));
+}
+
+static __always_inline int claim_snat_port6(struct pier_ct6_key *reply_key, struct pier_ct6_entry *reply,
+					    const struct pier_config *cfg, __u32 hash, __u64 now)
+{
+	__u32 range, i;
+
+	if (cfg->snat_port_max < cfg->snat_port_min)
+		return -1;
+	range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
+	for (i = 0; i < SNAT_TRIES; i++) {
+		struct pier_ct6_entry *old, *old_forward;
+
+		reply_key->dport = bpf_htons(cfg->snat_port_min + (hash + i * 7919) % range);
+		if (bpf_map_update_elem(&pier_ct6_flows, reply_key, reply, BPF_NOEXIST) == 0)
+			return 0;
+		old = bpf_map_lookup_elem(&pier_ct6_flows, reply_key);
+		if (!old || !pier_ct_expired(old->last_seen_ns, old->closing, reply_key->proto, now, cfg))
+			continue;
+		old_forward = other_direction6(old, reply_key->proto);
+		if ((!old_forward ||
+		     pier_ct_expired(old_forward->last_seen_ns, old_forward->closing, reply_key->proto, now, cfg)) &&
+		    bpf_map_update_elem(&pier_ct6_flows, reply_key, reply, BPF_ANY) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+static __always_inline int new_flow6(struct __sk_buff *skb, struct packet6 *p, const struct pier_config *cfg,
+				     __u64 now)
+{
+	struct pier_lb6_key key = {
+		.port = p->tuple.dport,
+		.proto = p->tuple.proto,
+		.scope = PIER_SCOPE_NODEPORT,
+	};
+	const struct pier_lb4_service *svc;
+	const struct pier_lb6_backend *backend;
+	struct pier_ct6_entry fwd = {}, reply = {};
+	struct pier_ct6_key reply_key = {};
+	__u32 hash = flow_hash6(&p->tuple), id;
+	__be32 zero[4] = {};
+
+	addr6_copy(key.address, p->tuple.daddr);
+	svc = bpf_map_lookup_elem(&pier_lb6_services, &key);
+	if (!svc) {
+		key.scope = PIER_SCOPE_EXTERNAL;
+		svc = bpf_map_lookup_elem(&pier_lb6_services, &key);
+	}
+	if (!svc)
+		return TC_ACT_OK;
+	id = pier_lb_pick_id(svc, (1ULL << 63) | hash, hash, &pier_lb6_backends);
+	backend = id ? bpf_map_lookup_elem(&pier_lb6_backends, &id) : NULL;
+	if (!backend) {
+		pier_count(PIER_DROP_NO_BACKEND);
+		return TC_ACT_SHOT;
+	}
+	addr6_copy(fwd.saddr, p->tuple.saddr);
+	fwd.sport = p->tuple.sport;
+	addr6_copy(fwd.daddr, backend->address);
+	fwd.dport = backend->port;
+	fwd.backend_id = id;
+	fwd.last_seen_ns = now;
+	addr6_copy(reply.saddr, p->tuple.daddr);
+	reply.sport = p->tuple.dport;
+	addr6_copy(reply.daddr, p->tuple.saddr);
+	reply.dport = p->tuple.sport;
+	reply.backend_id = id;
+	reply.last_seen_ns = now;
+	reply.flags = PIER_CT_REPLY;
+	addr6_copy(reply_key.saddr, backend->address);
+	reply_key.sport = backend->port;
+	reply_key.proto = p->tuple.proto;
+	if (backend->flags & PIER_BACKEND_LOCAL) {
+		addr6_copy(reply_key.daddr, p->tuple.saddr);
+		reply_key.dport = p->tuple.sport;
+		bpf_map_update_elem(&pier_ct6_flows, &reply_key, &reply, BPF_ANY);
+	} else {
+		fwd.flags = PIER_CT_SNAT;
+		reply.flags |= PIER_CT_SNAT;
+		if (addr6_eq(cfg->snat_address6, zero))
+			addr6_copy(fwd.saddr, p->tuple.daddr);
+		else
+			addr6_copy(fwd.saddr, cfg->snat_address6);
+		addr6_copy(reply_key.daddr, fwd.saddr);
+		if (claim_snat_port6(&reply_key, &reply, cfg, hash, now) < 0) {
+			pier_count(PIER_DROP_SNAT_PORTS);
+			return TC_ACT_SHOT;
+		}
+		fwd.sport = reply_key.dport;
+	}
+	bpf_map_update_elem(&pier_ct6_flows, &p->tuple, &fwd, BPF_ANY);
+	return translate6(skb, p, &fwd);
+}
+
+static __always_inline int pier_ingress6(struct __sk_buff *skb, const struct pier_config *cfg, __u64 now)
+{
+	struct packet6 p = {};
+	struct pier_ct6_entry *ct, to;
+
+	if (parse6(skb, &p) < 0)
+		return TC_ACT_OK;
+	ct = bpf_map_lookup_elem(&pier_ct6_flows, &p.tuple);
+	if (ct && (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY &&
+	    !pier_ct_expired(ct->last_seen_ns, ct->closing, p.tuple.proto, now, cfg) &&
+	    ((ct->flags & PIER_CT_REPLY) || bpf_map_lookup_elem(&pier_lb6_backends, &ct->backend_id))) {
+		ct->last_seen_ns = now;
+		note_closing6(&p, ct);
+		to = *ct;
+		return translate6(skb, &p, &to);
+	}
+	return new_flow6(skb, &p, cfg, now);
+}
+
+static __always_inline int pier_egress6(struct __sk_buff *skb, const struct pier_config *cfg, __u64 now)
+{
+	struct packet6 p = {};
+	struct pier_ct6_entry *ct, *forward, to;
+
+	if (parse6(skb, &p) < 0)
+		return TC_ACT_OK;
+	ct = bpf_map_lookup_elem(&pier_ct6_flows, &p.tuple);
+	if (!ct || (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY ||
+	    pier_ct_expired(ct->last_seen_ns, ct->closing, p.tuple.proto, now, cfg))
+		return TC_ACT_OK;
+	forward = other_direction6(ct, p.tuple.proto);
+	if (!forward || pier_ct_expired(forward->last_seen_ns, forward->closing, p.tuple.proto, now, cfg))
+		return TC_ACT_OK;
+	forward->last_seen_ns = now;
+	note_closing6(&p, ct);
+	to = *ct;
+	if (rewrite6(skb, &p, &to) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+#endif
