@@ -553,18 +553,57 @@ pub fn render_status(state: &crate::plan::MapState) -> String {
     out
 }
 
-/// Up to `limit` conntrack entries (`status`).
-pub fn read_conntrack(pin_dir: &Path, limit: usize) -> Result<Vec<(Ct4Key, Ct4Entry)>, AgentError> {
-    let map: BpfHashMap<MapData, Ct4Key, Ct4Entry> = open_pinned(pin_dir, MAP_CT4)?;
-    Ok(map.iter().filter_map(Result::ok).take(limit).collect())
+/// One conntrack entry of either family, for `status`.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub proto: u8,
+    pub source: std::net::SocketAddr,
+    pub destination: std::net::SocketAddr,
+    pub rewritten_source: std::net::SocketAddr,
+    pub rewritten_destination: std::net::SocketAddr,
+    pub flags: u8,
+    pub closing: bool,
+}
+
+/// Up to `limit` conntrack entries of each family (`status`).
+pub fn read_conntrack(pin_dir: &Path, limit: usize) -> Result<Vec<Flow>, AgentError> {
+    use std::net::{IpAddr, SocketAddr};
+    let at = |ip: IpAddr, port_be: u16| SocketAddr::new(ip, u16::from_be(port_be));
+    let v4: BpfHashMap<MapData, Ct4Key, Ct4Entry> = open_pinned(pin_dir, MAP_CT4)?;
+    let v6: BpfHashMap<MapData, Ct6Key, Ct6Entry> = open_pinned(pin_dir, MAP_CT6)?;
+    let flows4 = v4
+        .iter()
+        .filter_map(Result::ok)
+        .take(limit)
+        .map(|(k, e)| Flow {
+            proto: k.proto,
+            source: at(k.saddr.into(), k.sport_be),
+            destination: at(k.daddr.into(), k.dport_be),
+            rewritten_source: at(e.saddr.into(), e.sport_be),
+            rewritten_destination: at(e.daddr.into(), e.dport_be),
+            flags: e.flags,
+            closing: e.closing != 0,
+        });
+    let flows6 = v6
+        .iter()
+        .filter_map(Result::ok)
+        .take(limit)
+        .map(|(k, e)| Flow {
+            proto: k.proto,
+            source: at(k.saddr.into(), k.sport_be),
+            destination: at(k.daddr.into(), k.dport_be),
+            rewritten_source: at(e.saddr.into(), e.sport_be),
+            rewritten_destination: at(e.daddr.into(), e.dport_be),
+            flags: e.flags,
+            closing: e.closing != 0,
+        });
+    Ok(flows4.chain(flows6).collect())
 }
 
 /// A readable table of conntrack entries: the tuple seen on the wire and
 /// what it is rewritten to.
-pub fn render_conntrack(flows: &[(Ct4Key, Ct4Entry)]) -> String {
+pub fn render_conntrack(flows: &[Flow]) -> String {
     use std::fmt::Write;
-    use std::net::{Ipv4Addr, SocketAddrV4};
-    let at = |a: [u8; 4], port_be: u16| SocketAddrV4::new(Ipv4Addr::from(a), u16::from_be(port_be));
     let mut out = String::new();
     if flows.is_empty() {
         return out;
@@ -574,31 +613,31 @@ pub fn render_conntrack(flows: &[(Ct4Key, Ct4Entry)]) -> String {
         "{:<5} {:<22} {:<22}    {:<22} {:<22} KIND",
         "PROTO", "SOURCE", "DESTINATION", "REWRITTEN SOURCE", "REWRITTEN DESTINATION"
     );
-    for (k, e) in flows {
-        let proto = match k.proto {
+    for flow in flows {
+        let proto = match flow.proto {
             PROTO_TCP => "TCP",
             PROTO_UDP => "UDP",
             _ => "?",
         };
-        let mut kind = if e.flags & CT_REPLY != 0 {
+        let mut kind = if flow.flags & CT_REPLY != 0 {
             "reply"
         } else {
             "forward"
         }
         .to_string();
-        if e.flags & CT_SNAT != 0 {
+        if flow.flags & CT_SNAT != 0 {
             kind.push_str(", snat");
         }
-        if e.closing != 0 {
+        if flow.closing {
             kind.push_str(", closing");
         }
         let _ = writeln!(
             out,
             "{proto:<5} {:<22} {:<22} -> {:<22} {:<22} {kind}",
-            at(k.saddr, k.sport_be).to_string(),
-            at(k.daddr, k.dport_be).to_string(),
-            at(e.saddr, e.sport_be).to_string(),
-            at(e.daddr, e.dport_be).to_string(),
+            flow.source.to_string(),
+            flow.destination.to_string(),
+            flow.rewritten_source.to_string(),
+            flow.rewritten_destination.to_string(),
         );
     }
     out

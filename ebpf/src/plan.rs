@@ -258,6 +258,31 @@ fn write_slots(state: &mut MapState, service_id: u32, backend_ids: &mut Vec<u32>
 
 /// The IPv6 half of a view: its own service id (its backends differ), the
 /// IPv6 endpoints, the shared slot map.
+/// Gives a view reached from outside its Maglev table (by backend names, so
+/// every node builds the same one); nothing without backends.
+fn add_maglev(
+    state: &mut MapState,
+    value: &mut Lb4Service,
+    mut named: Vec<(String, u32)>,
+    node: &NodeInfo,
+) {
+    if named.is_empty() {
+        return;
+    }
+    named.sort();
+    named.dedup();
+    value.maglev_size = match node.maglev_table_size {
+        0 => crate::maglev::DEFAULT_TABLE_SIZE as u32,
+        n => n,
+    };
+    value.flags |= SVC_MAGLEV;
+    let spec = MaglevSpec {
+        size: value.maglev_size,
+        backends: named,
+    };
+    state.maglev.insert(value.service_id, spec);
+}
+
 fn add_view6(
     state: &mut MapState,
     ids: &mut Ids,
@@ -267,6 +292,7 @@ fn add_view6(
 ) {
     let service_id = ids.service(&format!("{}/6", view.name));
     let mut backend_ids = Vec::new();
+    let mut named = Vec::new();
     for e in &view.endpoints {
         let IpAddr::V6(address) = e.address else {
             continue;
@@ -280,9 +306,13 @@ fn add_view6(
         let id = ids.backend6(&backend);
         state.backends6.insert(id, backend);
         backend_ids.push(id);
+        named.push((format!("[{}]:{}", e.address, e.port), id));
     }
     write_slots(state, service_id, &mut backend_ids);
-    let value = service_value(svc, service_id, backend_ids.len(), view.flags);
+    let mut value = service_value(svc, service_id, backend_ids.len(), view.flags);
+    if view.maglev {
+        add_maglev(state, &mut value, named, node);
+    }
     for key in &view.keys6 {
         state.services6.insert(*key, value);
     }
@@ -325,19 +355,8 @@ fn add_view(state: &mut MapState, ids: &mut Ids, svc: &L4Service, view: View<'_>
     }
     write_slots(state, service_id, &mut backend_ids);
     let mut value = service_value(svc, service_id, backend_ids.len(), local_flag);
-    if maglev && !named.is_empty() {
-        named.sort();
-        named.dedup();
-        value.maglev_size = match node.maglev_table_size {
-            0 => crate::maglev::DEFAULT_TABLE_SIZE as u32,
-            n => n,
-        };
-        value.flags |= SVC_MAGLEV;
-        let spec = MaglevSpec {
-            size: value.maglev_size,
-            backends: named,
-        };
-        state.maglev.insert(service_id, spec);
+    if maglev {
+        add_maglev(state, &mut value, named, node);
     }
     for key in &keys {
         state.services.insert(*key, value);
@@ -573,7 +592,7 @@ pub fn consistent(state: &MapState) -> Result<(), String> {
         if let Some((name, b)) = spec
             .backends
             .iter()
-            .find(|(_, b)| !state.backends.contains_key(b))
+            .find(|(_, b)| !state.backends.contains_key(b) && !state.backends6.contains_key(b))
         {
             return Err(format!(
                 "Maglev table of service {id}: {name} points at missing backend {b}"

@@ -319,7 +319,7 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
     assert_eq!(roundtrip(&mut held), first, "after the restart");
 
     let status = Command::new(env!("CARGO_BIN_EXE_pier-agent"))
-        .args(["status", "--pin-dir"])
+        .args(["status", "--conntrack", "100000", "--pin-dir"])
         .arg(sandbox.bpffs.join("pier"))
         .output()
         .unwrap();
@@ -348,6 +348,12 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
             .lines()
             .any(|l| l.contains("192.0.2.2:") && l.contains("-> 192.0.2.1:") && l.contains("snat")),
         "an SNATed flow to the remote backend is listed:\n{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .any(|l| l.contains("[2001:db8::2]:") && l.contains("[fd00:44::2]:8080")),
+        "IPv6 flows are listed too:\n{status}"
     );
 
     // The agent's metrics (served inside the node's namespace), once the

@@ -367,3 +367,28 @@ fn ids_of_services_and_endpoints_that_left_are_forgotten_but_never_reused() {
         "a returning service gets a fresh id"
     );
 }
+
+#[test]
+fn an_ipv6_node_port_gets_its_own_maglev_table_over_ipv6_backends() {
+    let mut svc = service("web", [10, 96, 0, 1]);
+    svc.node_port = Some(30080);
+    let mut v6 = ep(7, "node-b", "z2", true, false);
+    v6.address = "fd00:244::7".parse().unwrap();
+    let state = plan(
+        &snapshot(vec![(svc, vec![ep(1, "node-a", "z1", true, false), v6])]),
+        &node(),
+        &mut Ids::default(),
+    );
+    let key = Lb6Key {
+        address: "fd00:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+        port_be: 30080u16.to_be(),
+        proto: PROTO_TCP,
+        scope: SCOPE_NODEPORT,
+    };
+    let value = state.services6[&key];
+    assert_ne!(value.flags & SVC_MAGLEV, 0);
+    let spec = &state.maglev[&value.service_id];
+    assert_eq!(spec.backends.len(), 1);
+    assert!(state.backends6.contains_key(&spec.backends[0].1));
+    consistent(&state).unwrap();
+}
