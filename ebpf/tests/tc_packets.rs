@@ -598,6 +598,18 @@ fn ipv6_node_ports_are_translated_and_extension_headers_left_alone() {
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(read6(&out), ((NODE6, 30080), (CLIENT6, 40030)));
 
+    // "Packet too big" from the pod about what it received: the client must
+    // get it from the service address, about the packet it sent.
+    let quoted = packet6((CLIENT6, 40030), (POD6, 8080), PROTO_TCP);
+    let (verdict, out) = lb.run(
+        "pier_nodeport_egress",
+        &icmp6_too_big(POD6, CLIENT6, &quoted),
+    );
+    assert_eq!(verdict, TC_ACT_OK);
+    let (src, dst, quoted_src, quoted_dst) = read_icmp6(&out);
+    assert_eq!((src, dst), (NODE6, CLIENT6));
+    assert_eq!((quoted_src, quoted_dst), ((CLIENT6, 40030), (NODE6, 30080)));
+
     // A hop-by-hop header (0) or a fragment header (44) first: untouched.
     let fragments_before = lb.counter("fragment_passed");
     for next in [0u8, 44] {
@@ -609,4 +621,50 @@ fn ipv6_node_ports_are_translated_and_extension_headers_left_alone() {
         );
     }
     assert_eq!(lb.counter("fragment_passed") - fragments_before, 1);
+}
+
+fn icmp6_checksum(src: [u8; 16], dst: [u8; 16], message: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend(src);
+    pseudo.extend(dst);
+    pseudo.extend((message.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, 58]);
+    pseudo.extend(message);
+    sum16(&pseudo, 0)
+}
+
+/// An ICMPv6 "packet too big" (MTU 1280) quoting the first 48 bytes (IPv6
+/// header + ports and sequence) of `quoted`.
+fn icmp6_too_big(from: [u8; 16], to: [u8; 16], quoted: &[u8]) -> Vec<u8> {
+    let mut message = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+    message.extend(&quoted[14..14 + 48]);
+    let c = icmp6_checksum(from, to, &message);
+    message[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd];
+    frame.extend([0x60, 0, 0, 0]);
+    frame.extend((message.len() as u16).to_be_bytes());
+    frame.extend([58, 64]);
+    frame.extend(from);
+    frame.extend(to);
+    frame.extend(message);
+    frame
+}
+
+/// Outer source and destination and the quoted endpoints of an ICMPv6 error,
+/// after checking its checksum.
+fn read_icmp6(frame: &[u8]) -> ([u8; 16], [u8; 16], ([u8; 16], u16), ([u8; 16], u16)) {
+    let ip = &frame[14..];
+    let src: [u8; 16] = ip[8..24].try_into().unwrap();
+    let dst: [u8; 16] = ip[24..40].try_into().unwrap();
+    let message = &ip[40..];
+    assert_eq!(icmp6_checksum(src, dst, message), 0, "ICMPv6 checksum");
+    let inner = &message[8..];
+    let addr = |b: &[u8]| -> [u8; 16] { b[..16].try_into().unwrap() };
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    (
+        src,
+        dst,
+        (addr(&inner[8..]), port(&inner[40..])),
+        (addr(&inner[24..]), port(&inner[42..])),
+    )
 }

@@ -13,6 +13,10 @@
 
 #define AF_INET6 10
 #define IPV6_FRAGMENT 44
+#define IPPROTO_ICMPV6_ 58
+#define ICMPV6_DEST_UNREACH_ 1
+#define ICMPV6_PACKET_TOO_BIG 2
+#define ICMPV6_TIME_EXCEEDED 3
 
 struct packet6 {
 	__u32 l4;
@@ -53,9 +57,16 @@ static __always_inline int parse6(struct __sk_buff *skb, struct packet6 *p)
 		pier_count(PIER_PASS_FRAGMENT);
 		return -1;
 	}
+	p->l4 = L3 + sizeof(ip);
+	addr6_copy(p->tuple.saddr, ip.saddr.in6_u.u6_addr32);
+	addr6_copy(p->tuple.daddr, ip.daddr.in6_u.u6_addr32);
+	p->tuple.proto = ip.nexthdr;
+	if (ip.nexthdr == IPPROTO_ICMPV6_) {
+		p->csum_off = p->l4 + 2;
+		return PARSE_ICMP;
+	}
 	if (ip.nexthdr != IPPROTO_TCP && ip.nexthdr != IPPROTO_UDP)
 		return -1;
-	p->l4 = L3 + sizeof(ip);
 	if (ip.nexthdr == IPPROTO_TCP) {
 		if (bpf_skb_load_bytes(skb, p->l4 + 12, &doff, 1) < 0 ||
 		    bpf_skb_load_bytes(skb, p->l4 + 13, &p->tcp_flags, 1) < 0)
@@ -67,31 +78,35 @@ static __always_inline int parse6(struct __sk_buff *skb, struct packet6 *p)
 	if (p->l4 + l4_len > end || bpf_skb_load_bytes(skb, p->l4, ports, sizeof(ports)) < 0)
 		goto malformed;
 	p->csum_off = p->l4 + (ip.nexthdr == IPPROTO_TCP ? 16 : 6);
-	addr6_copy(p->tuple.saddr, ip.saddr.in6_u.u6_addr32);
-	addr6_copy(p->tuple.daddr, ip.daddr.in6_u.u6_addr32);
 	p->tuple.sport = ports[0];
 	p->tuple.dport = ports[1];
-	p->tuple.proto = ip.nexthdr;
 	return 0;
 malformed:
 	pier_count(PIER_PASS_MALFORMED);
 	return -1;
 }
 
-/* Replaces a 16-byte address at `off`: the transport checksum covers it
- * through the pseudo header (IPv6 has no header checksum). */
-static __always_inline int store_addr6(struct __sk_buff *skb, const struct packet6 *p, __u32 off,
-				       __be32 *old, __be32 *new)
+/* Replaces a 16-byte address at `off`, keeping the checksum at `csum_off`
+ * right: through the pseudo header for the IPv6 header's own addresses (IPv6
+ * has no header checksum), directly for addresses inside a payload. */
+static __always_inline int replace_addr6(struct __sk_buff *skb, __u32 csum_off, __u32 off, __be32 *old,
+					 __be32 *new, __u64 pseudo)
 {
 	__s64 diff;
 
 	if (addr6_eq(old, new))
 		return 0;
 	diff = bpf_csum_diff(old, 16, new, 16, 0);
-	if (diff < 0 || bpf_l4_csum_replace(skb, p->csum_off, 0, diff, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) ||
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, pseudo | BPF_F_MARK_MANGLED_0) ||
 	    bpf_skb_store_bytes(skb, off, new, 16, 0))
 		return -1;
 	return 0;
+}
+
+static __always_inline int store_addr6(struct __sk_buff *skb, const struct packet6 *p, __u32 off,
+				       __be32 *old, __be32 *new)
+{
+	return replace_addr6(skb, p->csum_off, off, old, new, BPF_F_PSEUDO_HDR);
 }
 
 static __always_inline int rewrite6(struct __sk_buff *skb, struct packet6 *p, struct pier_ct6_entry *to)
@@ -281,12 +296,69 @@ static __always_inline int new_flow6(struct __sk_buff *skb, struct packet6 *p, c
 	return translate6(skb, p, &fwd);
 }
 
+/* An ICMPv6 error (unreachable, packet too big, time exceeded) about a known
+ * flow is translated like the flow (see translate_icmp_error for IPv4):
+ * without it, "packet too big" never reaches the right host and path MTU
+ * discovery breaks. */
+static __always_inline int translate_icmp6_error(struct __sk_buff *skb, struct packet6 *p, int ingress,
+						 const struct pier_config *cfg, __u64 now)
+{
+	struct ipv6hdr inner;
+	struct pier_ct6_key key = {};
+	struct pier_ct6_entry *ct, to = {};
+	__be16 ports[2];
+	__u32 inner_l3 = p->l4 + 8, inner_l4 = inner_l3 + sizeof(inner);
+	__u8 type, kind;
+
+	if (bpf_skb_load_bytes(skb, p->l4, &type, 1) < 0 ||
+	    (type != ICMPV6_DEST_UNREACH_ && type != ICMPV6_PACKET_TOO_BIG && type != ICMPV6_TIME_EXCEEDED) ||
+	    bpf_skb_load_bytes(skb, inner_l3, &inner, sizeof(inner)) < 0 || inner.version != 6 ||
+	    (inner.nexthdr != IPPROTO_TCP && inner.nexthdr != IPPROTO_UDP) ||
+	    bpf_skb_load_bytes(skb, inner_l4, ports, sizeof(ports)) < 0)
+		return TC_ACT_OK;
+	/* Conntrack knows the quoted packet by the reverse of its tuple. */
+	addr6_copy(key.saddr, inner.daddr.in6_u.u6_addr32);
+	addr6_copy(key.daddr, inner.saddr.in6_u.u6_addr32);
+	key.sport = ports[1];
+	key.dport = ports[0];
+	key.proto = inner.nexthdr;
+	ct = bpf_map_lookup_elem(&pier_ct6_flows, &key);
+	if (!ct || pier_ct_expired(ct->last_seen_ns, ct->closing, key.proto, now, cfg))
+		return TC_ACT_OK;
+	kind = ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT);
+	if (ingress == (kind == PIER_CT_REPLY))
+		return TC_ACT_OK;
+	to = *ct;
+	/* The quoted packet as the other side knows it. */
+	if (replace_addr6(skb, p->csum_off, inner_l3 + offsetof(struct ipv6hdr, saddr), key.daddr, to.daddr, 0) ||
+	    replace_addr6(skb, p->csum_off, inner_l3 + offsetof(struct ipv6hdr, daddr), key.saddr, to.saddr, 0) ||
+	    (ports[0] != to.dport &&
+	     (bpf_l4_csum_replace(skb, p->csum_off, ports[0], to.dport, 2) ||
+	      bpf_skb_store_bytes(skb, inner_l4, &to.dport, 2, 0))) ||
+	    (ports[1] != to.sport &&
+	     (bpf_l4_csum_replace(skb, p->csum_off, ports[1], to.sport, 2) ||
+	      bpf_skb_store_bytes(skb, inner_l4 + 2, &to.sport, 2, 0))))
+		return TC_ACT_SHOT;
+	/* The error goes to that side, from the peer it quotes (or the node). */
+	if (!addr6_eq(p->tuple.saddr, key.saddr) && kind != PIER_CT_SNAT)
+		addr6_copy(to.saddr, p->tuple.saddr);
+	if (store_addr6(skb, p, L3 + offsetof(struct ipv6hdr, saddr), p->tuple.saddr, to.saddr) ||
+	    store_addr6(skb, p, L3 + offsetof(struct ipv6hdr, daddr), p->tuple.daddr, to.daddr))
+		return TC_ACT_SHOT;
+	if (ingress && (kind & PIER_CT_SNAT))
+		return redirect_out6(skb, p, &to);
+	return TC_ACT_OK;
+}
+
 static __always_inline int pier_ingress6(struct __sk_buff *skb, const struct pier_config *cfg, __u64 now)
 {
 	struct packet6 p = {};
 	struct pier_ct6_entry *ct, to;
+	int parsed = parse6(skb, &p);
 
-	if (parse6(skb, &p) < 0)
+	if (parsed == PARSE_ICMP)
+		return translate_icmp6_error(skb, &p, 1, cfg, now);
+	if (parsed < 0)
 		return TC_ACT_OK;
 	ct = bpf_map_lookup_elem(&pier_ct6_flows, &p.tuple);
 	if (ct && (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY &&
@@ -304,8 +376,11 @@ static __always_inline int pier_egress6(struct __sk_buff *skb, const struct pier
 {
 	struct packet6 p = {};
 	struct pier_ct6_entry *ct, *forward, to;
+	int parsed = parse6(skb, &p);
 
-	if (parse6(skb, &p) < 0)
+	if (parsed == PARSE_ICMP)
+		return translate_icmp6_error(skb, &p, 0, cfg, now);
+	if (parsed < 0)
 		return TC_ACT_OK;
 	ct = bpf_map_lookup_elem(&pier_ct6_flows, &p.tuple);
 	if (!ct || (ct->flags & (PIER_CT_REPLY | PIER_CT_SNAT)) != PIER_CT_REPLY ||
