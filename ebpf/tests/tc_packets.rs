@@ -500,7 +500,7 @@ const POD6: [u8; 16] = [0xfd, 0, 0, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
 /// Ethernet + IPv6 (`next` as next header) + a TCP SYN with 6 bytes of
 /// payload, checksum right.
-fn packet6(src: ([u8; 16], u16), dst: ([u8; 16], u16), next: u8) -> Vec<u8> {
+fn packet6(src: Endpoint6, dst: Endpoint6, next: u8) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend(src.1.to_be_bytes());
     l4.extend(dst.1.to_be_bytes());
@@ -528,8 +528,11 @@ fn l4_checksum6(src: [u8; 16], dst: [u8; 16], l4: &[u8]) -> u16 {
     sum16(&pseudo, 0)
 }
 
+/// An IPv6 address and port.
+type Endpoint6 = ([u8; 16], u16);
+
 /// Source and destination of an IPv6 TCP frame, after checking the checksum.
-fn read6(frame: &[u8]) -> (([u8; 16], u16), ([u8; 16], u16)) {
+fn read6(frame: &[u8]) -> (Endpoint6, Endpoint6) {
     let ip = &frame[14..];
     let src: [u8; 16] = ip[8..24].try_into().unwrap();
     let dst: [u8; 16] = ip[24..40].try_into().unwrap();
@@ -652,7 +655,7 @@ fn icmp6_too_big(from: [u8; 16], to: [u8; 16], quoted: &[u8]) -> Vec<u8> {
 
 /// Outer source and destination and the quoted endpoints of an ICMPv6 error,
 /// after checking its checksum.
-fn read_icmp6(frame: &[u8]) -> ([u8; 16], [u8; 16], ([u8; 16], u16), ([u8; 16], u16)) {
+fn read_icmp6(frame: &[u8]) -> ([u8; 16], [u8; 16], Endpoint6, Endpoint6) {
     let ip = &frame[14..];
     let src: [u8; 16] = ip[8..24].try_into().unwrap();
     let dst: [u8; 16] = ip[24..40].try_into().unwrap();
