@@ -467,7 +467,13 @@ int pier_nodeport_ingress(struct __sk_buff *skb)
 	    !pier_ct4_expired(ct, p.tuple.proto, now, cfg)) {
 		/* A flow whose backend left is balanced again (ids are never reused). */
 		if ((ct->flags & PIER_CT_REPLY) || bpf_map_lookup_elem(&pier_lb4_backends, &ct->backend_id)) {
+			struct pier_ct4_entry *peer;
+
 			ct->last_seen_ns = now;
+			/* A flow lives while traffic goes either way: a forward
+			 * packet keeps its reply entry alive too. */
+			if (!(ct->flags & PIER_CT_REPLY) && (peer = other_direction(ct, p.tuple.proto)))
+				peer->last_seen_ns = now;
 			note_closing(&p, ct);
 			to = *ct;
 			return translate(skb, &p, &to);

@@ -353,12 +353,14 @@ impl Programmer {
             }
             _ => self.planner.full(snapshot),
         };
+        // Saved first: counters only go up, so a failure or a kill half-way
+        // through the operations can never lead to an id given out twice.
+        if let Err(e) = self.lb.save_ids(self.planner.id_counters()) {
+            tracing::warn!(error = %e, "id counters not saved");
+        }
         match self.lb.apply(&ops) {
             Ok(()) => {
                 self.needs_full = false;
-                if let Err(e) = self.lb.save_ids(self.planner.id_counters()) {
-                    tracing::warn!(error = %e, "id counters not saved");
-                }
                 let state = self.planner.state();
                 tracing::info!(
                     elapsed_us = started.elapsed().as_micros() as u64,

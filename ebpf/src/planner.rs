@@ -200,15 +200,31 @@ impl Planner {
         }
         // 3. Addresses nobody claims any more, then the old slots and tables
         //    (slots and tables are keyed by service id: each fragment's own).
-        for (old, _) in &changes {
-            for key in old.services.keys() {
+        for (old, new) in &changes {
+            for (key, value) in &old.services {
                 if release(&mut self.key_refs, *key) {
                     ops.push(MapOp::DeleteService(*key));
+                } else if !new.services.contains_key(key)
+                    && self.state.services.get(key) == Some(value)
+                {
+                    // Still claimed by another Service, but the map holds the
+                    // one that left: give the address to the one that stays.
+                    let stays = self.fragments.values().find_map(|f| f.services.get(key));
+                    if let Some(v) = stays {
+                        ops.push(MapOp::PutService(*key, *v));
+                    }
                 }
             }
-            for key in old.services6.keys() {
+            for (key, value) in &old.services6 {
                 if release(&mut self.key6_refs, *key) {
                     ops.push(MapOp::DeleteService6(*key));
+                } else if !new.services6.contains_key(key)
+                    && self.state.services6.get(key) == Some(value)
+                {
+                    let stays = self.fragments.values().find_map(|f| f.services6.get(key));
+                    if let Some(v) = stays {
+                        ops.push(MapOp::PutService6(*key, *v));
+                    }
                 }
             }
         }

@@ -48,6 +48,10 @@ static __always_inline int parse6(struct __sk_buff *skb, struct packet6 *p)
 	__u32 end, l4_len = 8;
 	__u8 doff;
 
+	struct ethhdr eth;
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || eth.h_proto != bpf_htons(ETH_P_IPV6))
+		return -1;
 	if (bpf_skb_load_bytes(skb, L3, &ip, sizeof(ip)) < 0 || ip.version != 6)
 		goto malformed;
 	end = L3 + sizeof(ip) + bpf_ntohs(ip.payload_len);
@@ -86,19 +90,28 @@ malformed:
 	return -1;
 }
 
-/* Replaces a 16-byte address at `off`, keeping the checksum at `csum_off`
- * right: through the pseudo header for the IPv6 header's own addresses (IPv6
- * has no header checksum), directly for addresses inside a payload. */
-static __always_inline int replace_addr6(struct __sk_buff *skb, __u32 csum_off, __u32 off, __be32 *old,
-					 __be32 *new, __u64 pseudo)
+/* BPF_F_MARK_MANGLED_0 for UDP only: a TCP checksum of 0 is a real value. */
+static __always_inline __u64 mangled0(__u8 proto)
 {
+	return proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/* Replaces a 16-byte address at `off`, keeping the checksum at `csum_off`
+ * right (`flags`: BPF_F_PSEUDO_HDR for the IPv6 header's own addresses, as
+ * IPv6 has no header checksum; 0 for addresses inside a payload). An address
+ * in the header is stored with BPF_F_RECOMPUTE_CSUM: with no header checksum
+ * to absorb the change, a CHECKSUM_COMPLETE skb's csum must follow it. */
+static __always_inline int replace_addr6(struct __sk_buff *skb, __u32 csum_off, __u32 off, __be32 *old,
+					 __be32 *new, __u64 flags)
+{
+	__u64 store = (flags & BPF_F_PSEUDO_HDR) ? BPF_F_RECOMPUTE_CSUM : 0;
 	__s64 diff;
 
 	if (addr6_eq(old, new))
 		return 0;
 	diff = bpf_csum_diff(old, 16, new, 16, 0);
-	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, pseudo | BPF_F_MARK_MANGLED_0) ||
-	    bpf_skb_store_bytes(skb, off, new, 16, 0))
+	if (diff < 0 || bpf_l4_csum_replace(skb, csum_off, 0, diff, flags) ||
+	    bpf_skb_store_bytes(skb, off, new, 16, store))
 		return -1;
 	return 0;
 }
@@ -106,7 +119,7 @@ static __always_inline int replace_addr6(struct __sk_buff *skb, __u32 csum_off, 
 static __always_inline int store_addr6(struct __sk_buff *skb, const struct packet6 *p, __u32 off,
 				       __be32 *old, __be32 *new)
 {
-	return replace_addr6(skb, p->csum_off, off, old, new, BPF_F_PSEUDO_HDR);
+	return replace_addr6(skb, p->csum_off, off, old, new, BPF_F_PSEUDO_HDR | mangled0(p->tuple.proto));
 }
 
 static __always_inline int rewrite6(struct __sk_buff *skb, struct packet6 *p, struct pier_ct6_entry *to)
@@ -115,11 +128,11 @@ static __always_inline int rewrite6(struct __sk_buff *skb, struct packet6 *p, st
 	    store_addr6(skb, p, L3 + offsetof(struct ipv6hdr, daddr), p->tuple.daddr, to->daddr))
 		return -1;
 	if (to->sport != p->tuple.sport &&
-	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.sport, to->sport, BPF_F_MARK_MANGLED_0 | 2) ||
+	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.sport, to->sport, mangled0(p->tuple.proto) | 2) ||
 	     bpf_skb_store_bytes(skb, p->l4, &to->sport, 2, 0)))
 		return -1;
 	if (to->dport != p->tuple.dport &&
-	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.dport, to->dport, BPF_F_MARK_MANGLED_0 | 2) ||
+	    (bpf_l4_csum_replace(skb, p->csum_off, p->tuple.dport, to->dport, mangled0(p->tuple.proto) | 2) ||
 	     bpf_skb_store_bytes(skb, p->l4 + 2, &to->dport, 2, 0)))
 		return -1;
 	return 0;
@@ -183,6 +196,19 @@ static __always_inline struct pier_ct6_entry *other_direction6(const struct pier
 	return bpf_map_lookup_elem(&pier_ct6_flows, &other);
 }
 
+/* A flow lives while traffic goes either way: a forward packet keeps its
+ * reply entry alive too (a backend that answers rarely is still there). */
+static __always_inline void refresh_peer6(const struct pier_ct6_entry *ct, __u8 proto, __u64 now)
+{
+	struct pier_ct6_entry *peer;
+
+	if (ct->flags & PIER_CT_REPLY)
+		return;
+	peer = other_direction6(ct, proto);
+	if (peer)
+		peer->last_seen_ns = now;
+}
+
 static __always_inline void note_closing6(const struct packet6 *p, struct pier_ct6_entry *ct)
 {
 	struct pier_ct6_entry *peer;
@@ -195,12 +221,15 @@ static __always_inline void note_closing6(const struct packet6 *p, struct pier_c
 		peer->closing = 1;
 }
 
+static __always_inline __u32 addr6_hash(const __be32 *a)
+{
+	return mix32(a[0] ^ mix32(a[1] ^ mix32(a[2] ^ mix32(a[3]))));
+}
+
 /* The same on every node: the client and the ports, not the node address. */
 static __always_inline __u32 flow_hash6(const struct pier_ct6_key *t)
 {
-	__u32 h = mix32(t->saddr[0] ^ mix32(t->saddr[1] ^ mix32(t->saddr[2] ^ mix32(t->saddr[3]))));
-
-	return mix32(h ^ mix32(((__u32)t->sport << 16 | t->dport) ^ mix32(t->proto)));
+	return mix32(addr6_hash(t->saddr) ^ mix32(((__u32)t->sport << 16 | t->dport) ^ mix32(t->proto)));
 }
 
 static __always_inline int claim_snat_port6(struct pier_ct6_key *reply_key, struct pier_ct6_entry *reply,
@@ -252,7 +281,9 @@ static __always_inline int new_flow6(struct __sk_buff *skb, struct packet6 *p, c
 	}
 	if (!svc)
 		return TC_ACT_OK;
-	id = pier_lb_pick_id(svc, (1ULL << 63) | hash, hash, &pier_lb6_backends);
+	/* ClientIP affinity keys on the client address alone (tagged: never a
+	 * socket-LB netns cookie nor an IPv4 client). */
+	id = pier_lb_pick_id(svc, (3ULL << 62) | addr6_hash(p->tuple.saddr), hash, &pier_lb6_backends);
 	backend = id ? bpf_map_lookup_elem(&pier_lb6_backends, &id) : NULL;
 	if (!backend) {
 		pier_count(PIER_DROP_NO_BACKEND);
@@ -365,6 +396,7 @@ static __always_inline int pier_ingress6(struct __sk_buff *skb, const struct pie
 	    !pier_ct_expired(ct->last_seen_ns, ct->closing, p.tuple.proto, now, cfg) &&
 	    ((ct->flags & PIER_CT_REPLY) || bpf_map_lookup_elem(&pier_lb6_backends, &ct->backend_id))) {
 		ct->last_seen_ns = now;
+		refresh_peer6(ct, p.tuple.proto, now);
 		note_closing6(&p, ct);
 		to = *ct;
 		return translate6(skb, &p, &to);
@@ -390,6 +422,7 @@ static __always_inline int pier_egress6(struct __sk_buff *skb, const struct pier
 	if (!forward || pier_ct_expired(forward->last_seen_ns, forward->closing, p.tuple.proto, now, cfg))
 		return TC_ACT_OK;
 	forward->last_seen_ns = now;
+	ct->last_seen_ns = now;
 	note_closing6(&p, ct);
 	to = *ct;
 	if (rewrite6(skb, &p, &to) < 0)

@@ -240,3 +240,29 @@ fn a_restarted_planner_never_reuses_an_id_even_if_the_highest_left() {
         "{newest} reuses an id (highest ever {highest})"
     );
 }
+
+#[test]
+fn an_address_two_services_claimed_goes_back_to_the_one_that_stays() {
+    // coredns is added with kube-dns' ClusterIP while kube-dns still exists,
+    // then coredns is removed: the address must point at kube-dns again.
+    let one = snapshot(&[("kube-dns", 10, "dns", None)], &[("dns", &[1, 2])]);
+    let both = snapshot(
+        &[("kube-dns", 10, "dns", None), ("coredns", 10, "dns2", None)],
+        &[("dns", &[1, 2]), ("dns2", &[3])],
+    );
+    let mut planner = Planner::new(node(), MapState::default(), IdCounters::default());
+    let mut kernel = MapState::default();
+    for op in planner.full(&one) {
+        apply(&mut kernel, &op);
+    }
+    let touched = planner.touched([&"coredns".to_string()], []);
+    for op in planner.update(&both, &touched) {
+        apply(&mut kernel, &op);
+    }
+    for op in planner.update(&one, &touched) {
+        apply(&mut kernel, &op);
+        consistent(&kernel).unwrap_or_else(|e| panic!("after {op:?}: {e}"));
+    }
+    let fresh = plan(&one, &node(), &mut Ids::default());
+    assert_eq!(resolved(&kernel), resolved(&fresh));
+}
