@@ -16,6 +16,17 @@
 #include "lib/ct4.h"
 
 #define AF_INET 2
+#define IP_DF 0x4000
+#define ICMP_FRAG_NEEDED 4
+
+/* An ICMP "destination unreachable" header (<linux/icmp.h> pulls in libc). */
+struct icmp_unreach {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be16 unused;
+	__be16 mtu;
+};
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 #define SNAT_TRIES 16
@@ -116,17 +127,28 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct packet *p
 	return 0;
 }
 
-/* Sends a packet whose source is now the node itself straight out of the
- * right interface: the stack would drop it as a martian (local source on
- * input). Decrements the TTL as a router does. */
-static __always_inline int redirect_out(struct __sk_buff *skb, const struct packet *p,
-					const struct pier_ct4_entry *to)
+/* Where a packet for `to` leaves the node: the interface, the MACs, and
+ * whether it fits that interface's MTU (BPF_FIB_LKUP_RET_FRAG_NEEDED). */
+static __always_inline long fib_out(struct __sk_buff *skb, const struct packet *p,
+				    const struct pier_ct4_entry *to, struct bpf_fib_lookup *fib)
 {
-	struct bpf_fib_lookup fib = {};
+	fib->family = AF_INET;
+	fib->l4_protocol = p->tuple.proto;
+	fib->ipv4_src = to->saddr;
+	fib->ipv4_dst = to->daddr;
+	fib->ifindex = skb->ingress_ifindex;
+	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
+}
+
+/* Sends a packet whose source is now the node itself straight out of the
+ * interface `fib` found: the stack would drop it as a martian (local source
+ * on input). Decrements the TTL as a router does. */
+static __always_inline int send_out(struct __sk_buff *skb, const struct packet *p,
+				    const struct bpf_fib_lookup *fib, long rc)
+{
 	__u32 ip_check = p->l3 + offsetof(struct iphdr, check);
 	__be16 ttl_proto_old, ttl_proto_new;
 	__u8 ttl;
-	long rc;
 
 	if (bpf_skb_load_bytes(skb, p->l3 + offsetof(struct iphdr, ttl), &ttl_proto_old, 2) < 0)
 		return TC_ACT_SHOT;
@@ -138,26 +160,97 @@ static __always_inline int redirect_out(struct __sk_buff *skb, const struct pack
 	if (bpf_l3_csum_replace(skb, ip_check, ttl_proto_old, ttl_proto_new, 2) ||
 	    bpf_skb_store_bytes(skb, p->l3 + offsetof(struct iphdr, ttl), &ttl_proto_new, 2, 0))
 		return TC_ACT_SHOT;
-
-	fib.family = AF_INET;
-	fib.l4_protocol = p->tuple.proto;
-	fib.ipv4_src = to->saddr;
-	fib.ipv4_dst = to->daddr;
-	fib.ifindex = skb->ingress_ifindex;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
-		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+		if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0))
 			return TC_ACT_SHOT;
-		return bpf_redirect(fib.ifindex, 0);
+		return bpf_redirect(fib->ifindex, 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst };
+		struct bpf_redir_neigh nh = { .nh_family = AF_INET, .ipv4_nh = fib->ipv4_dst };
 
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+		return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
 	}
 	pier_count(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? PIER_DROP_FRAG_NEEDED : PIER_DROP_NO_ROUTE);
 	return TC_ACT_SHOT;
+}
+
+static __always_inline int redirect_out(struct __sk_buff *skb, const struct packet *p,
+					const struct pier_ct4_entry *to)
+{
+	struct bpf_fib_lookup fib = {};
+
+	return send_out(skb, p, &fib, fib_out(skb, p, to, &fib));
+}
+
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+/* The client's packet does not fit the way to a remote backend (a tunnel
+ * with a smaller MTU, say) and may not be fragmented: answer it, as a router
+ * would, with an ICMP "fragmentation needed" carrying that MTU, built in
+ * place from the packet itself, so path MTU discovery works through the
+ * NodePort instead of black-holing big segments. */
+static __always_inline int frag_needed(struct __sk_buff *skb, const struct packet *p, __u16 mtu)
+{
+	struct ethhdr eth;
+	struct iphdr orig, ip = {};
+	struct icmp_unreach icmp = {};
+	__u8 quoted[68];
+	__u32 ihl, quoted_len;
+	__s64 sum;
+	unsigned char mac[ETH_ALEN];
+
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 ||
+	    bpf_skb_load_bytes(skb, p->l3, &orig, sizeof(orig)) < 0)
+		return TC_ACT_SHOT;
+	if (!(orig.frag_off & bpf_htons(IP_DF))) {
+		/* Fragmenting is not ours to do: dropped, counted. */
+		pier_count(PIER_DROP_FRAG_NEEDED);
+		return TC_ACT_SHOT;
+	}
+	ihl = orig.ihl * 4;
+	quoted_len = ihl + 8;
+	if (quoted_len > sizeof(quoted) || bpf_skb_load_bytes(skb, p->l3, quoted, quoted_len & 0x7f) < 0)
+		return TC_ACT_SHOT;
+	/* Room for a new IP and ICMP header before the quoted packet, which is
+	 * cut after its first 8 transport bytes. */
+	if (bpf_skb_adjust_room(skb, sizeof(ip) + sizeof(icmp), BPF_ADJ_ROOM_MAC, 0) ||
+	    bpf_skb_change_tail(skb, sizeof(eth) + sizeof(ip) + sizeof(icmp) + quoted_len, 0))
+		return TC_ACT_SHOT;
+	__builtin_memcpy(mac, eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(eth.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(eth.h_source, mac, ETH_ALEN);
+	ip.version = 4;
+	ip.ihl = 5;
+	ip.ttl = 64;
+	ip.protocol = IPPROTO_ICMP;
+	ip.tot_len = bpf_htons(sizeof(ip) + sizeof(icmp) + quoted_len);
+	ip.saddr = orig.daddr;
+	ip.daddr = orig.saddr;
+	ip.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&ip, sizeof(ip), 0));
+	icmp.type = ICMP_DEST_UNREACH;
+	icmp.code = ICMP_FRAG_NEEDED;
+	icmp.mtu = bpf_htons(mtu);
+	sum = bpf_csum_diff(0, 0, (__be32 *)&icmp, sizeof(icmp), 0);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	sum = bpf_csum_diff(0, 0, (__be32 *)quoted, quoted_len & 0x7c, sum);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	icmp.checksum = csum_fold(sum);
+	if (bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) ||
+	    bpf_skb_store_bytes(skb, sizeof(eth), &ip, sizeof(ip), 0) ||
+	    bpf_skb_store_bytes(skb, sizeof(eth) + sizeof(ip), &icmp, sizeof(icmp), 0))
+		return TC_ACT_SHOT;
+	pier_count(PIER_FRAG_NEEDED_SENT);
+	return bpf_redirect(skb->ingress_ifindex, 0);
 }
 
 /* The entry of a flow's other direction: its key is this entry's rewrite,
@@ -192,11 +285,19 @@ static __always_inline void note_closing(const struct packet *p, struct pier_ct4
 static __always_inline int translate(struct __sk_buff *skb, const struct packet *p,
 				     const struct pier_ct4_entry *to)
 {
+	struct bpf_fib_lookup fib = {};
+	long rc;
+
+	if (!(to->flags & PIER_CT_SNAT))
+		return rewrite(skb, p, to) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	/* The way out is known before anything is rewritten, so a packet too
+	 * big for it is answered about as the client sent it. */
+	rc = fib_out(skb, p, to, &fib);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return frag_needed(skb, p, fib.mtu_result);
 	if (rewrite(skb, p, to) < 0)
 		return TC_ACT_SHOT;
-	if (to->flags & PIER_CT_SNAT)
-		return redirect_out(skb, p, to);
-	return TC_ACT_OK;
+	return send_out(skb, p, &fib, rc);
 }
 
 static __always_inline __u32 mix32(__u32 h)

@@ -206,13 +206,14 @@ pub struct Config {
 }
 
 /// Indexes of `pier_ct4_counters` (drops and passes by reason, per CPU).
-pub const COUNTERS: [(u32, &str); 6] = [
+pub const COUNTERS: [(u32, &str); 7] = [
     (0, "no_backend"),
     (1, "snat_ports_exhausted"),
     (2, "no_route"),
     (3, "fragment_passed"),
     (4, "malformed_passed"),
-    (5, "frag_needed"),
+    (5, "frag_needed_dropped"),
+    (6, "frag_needed_answered"),
 ];
 
 const _: () = assert!(size_of::<Lb6Key>() == 20);

@@ -69,6 +69,10 @@ fn manifests() -> String {
         )
     };
     let mut all = service("web", 30080, "  externalIPs: [198.18.0.100]\n");
+    // A backend behind a link with a small MTU (a tunnel, say).
+    all += "apiVersion: v1\nkind: Service\nmetadata: {name: far, namespace: default}\nspec:\n  type: NodePort\n  clusterIP: 127.96.2.3\n  ports:\n  - {name: udp, port: 53, targetPort: 5353, nodePort: 30190, protocol: UDP}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: far-1, namespace: default, labels: {kubernetes.io/service-name: far}}\n\
+         addressType: IPv4\nports: [{name: udp, port: 5353, protocol: UDP}]\nendpoints: [{addresses: [203.0.113.20], conditions: {ready: true}, nodeName: node-b}]\n---\n";
     all += &service(
         "local",
         30081,
@@ -108,6 +112,25 @@ fn ask_udp(client: &Netns, to: &'static str) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&buf[..n]).to_string())
     })
 }
+
+/// Sends 1,400-byte datagrams with DF to the far NodePort until the
+/// socket's path MTU drops (or 5 s pass); prints the path MTU.
+const PMTU_CLIENT: &str = r#"
+import socket, time
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+s.connect(("192.0.2.1", 30190))
+deadline = time.time() + 5
+mtu = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+while mtu > 1280 and time.time() < deadline:
+    try:
+        s.send(b"x" * 1400)
+    except OSError:
+        pass
+    mtu = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+print(mtu)
+"#;
 
 struct Lab {
     client: Netns,
@@ -151,9 +174,18 @@ fn lab() -> Lab {
     node.sh("ip route add 203.0.113.0/24 via 192.0.2.3");
     node.sh("ip -6 route add fd00:55::/64 via 2001:db8::3");
     remote.sh("ip addr add 203.0.113.10/32 dev lo");
+    // node-b's pod 203.0.113.20 is reached over a link with MTU 1280.
+    veth(&node, "mtu0", &remote, "mtu0");
+    node.sh("ip link set mtu0 mtu 1280");
+    remote.sh("ip link set mtu0 mtu 1280");
+    node.sh("ip addr add 198.18.1.1/30 dev mtu0");
+    remote.sh("ip addr add 198.18.1.2/30 dev mtu0");
+    node.sh("ip route add 203.0.113.20/32 via 198.18.1.2 dev mtu0");
+    remote.sh("ip addr add 203.0.113.20/32 dev lo");
     remote.sh("ip -6 addr add fd00:55::10/128 dev lo nodad");
     serve(&pod, "pod", "198.51.100.2");
     serve(&remote, "remote", "203.0.113.10");
+    serve(&remote, "far", "203.0.113.20");
     serve(&pod, "pod", "[fd00:44::2]");
     serve(&remote, "remote", "[fd00:55::10]");
     Lab {
@@ -268,6 +300,23 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
     }
     assert_eq!(ask(&lab.client, "192.0.2.1:9999").unwrap(), "node itself");
 
+    // A datagram too big for the way to the far backend, with DF set: the
+    // client learns the path MTU from pier's "fragmentation needed".
+    let pmtu = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.client.name))
+        .args(["python3", "-c", PMTU_CLIENT])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&pmtu.stdout).trim(),
+        "1280",
+        "{}",
+        String::from_utf8_lossy(&pmtu.stderr)
+    );
+    // Small datagrams still get through and back.
+    let small = ask_udp(&lab.client, "192.0.2.1:30190").unwrap();
+    assert!(small.starts_with("far "), "{small}");
+
     // The same over IPv6, on the node's IPv6 address.
     let (mut local6, mut remote6) = (0, 0);
     for _ in 0..30 {
@@ -341,6 +390,19 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
         .parse()
         .unwrap();
     assert!(ct >= 2, "{status}");
+    let answered: u64 = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("frag_needed_answered: ")?
+                .strip_suffix(" packets")
+        })
+        .expect("the counter is listed")
+        .parse()
+        .unwrap();
+    assert!(
+        answered >= 1,
+        "pier answered the oversized datagram itself:\n{status}"
+    );
     // The flows themselves: the client's tuple and what it became.
     assert!(status.contains("REWRITTEN DESTINATION"), "{status}");
     assert!(

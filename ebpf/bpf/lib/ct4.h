@@ -28,7 +28,8 @@ struct {
 #define PIER_DROP_NO_ROUTE 2    /* no route to the backend / client */
 #define PIER_PASS_FRAGMENT 3    /* an IP fragment: never translated */
 #define PIER_PASS_MALFORMED 4   /* truncated or bad headers: never translated */
-#define PIER_DROP_FRAG_NEEDED 5 /* larger than the MTU towards the backend, DF set */
+#define PIER_DROP_FRAG_NEEDED 5 /* larger than the MTU towards the backend, not answerable */
+#define PIER_FRAG_NEEDED_SENT 6 /* ... answered with ICMP "fragmentation needed" */
 #define PIER_COUNTERS 8
 
 struct {
