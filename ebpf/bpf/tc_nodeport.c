@@ -555,8 +555,10 @@ int pier_nodeport_ingress(struct __sk_buff *skb)
 
 	if (!cfg)
 		return TC_ACT_OK;
-	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return pier_ingress6(skb, cfg, now);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		bpf_tail_call(skb, &pier_tc_programs, PIER_TC_INGRESS6);
+		return TC_ACT_OK; /* no IPv6 program loaded: not ours */
+	}
 	parsed = parse(skb, &p);
 	if (parsed == PARSE_ICMP)
 		return translate_icmp_error(skb, &p, 1, cfg, now);
@@ -596,8 +598,10 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 
 	if (!cfg)
 		return TC_ACT_OK;
-	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return pier_egress6(skb, cfg, now);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		bpf_tail_call(skb, &pier_tc_programs, PIER_TC_EGRESS6);
+		return TC_ACT_OK;
+	}
 	parsed = parse(skb, &p);
 	if (parsed == PARSE_ICMP)
 		return translate_icmp_error(skb, &p, 0, cfg, now);
@@ -620,6 +624,23 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 	if (rewrite(skb, &p, &to) < 0)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
+}
+
+/* The IPv6 programs, reached by tail call from the two above. */
+SEC("classifier")
+int pier_nodeport_ingress6(struct __sk_buff *skb)
+{
+	const struct pier_config *cfg = pier_config_get();
+
+	return cfg ? pier_ingress6(skb, cfg, bpf_ktime_get_ns()) : TC_ACT_OK;
+}
+
+SEC("classifier")
+int pier_nodeport_egress6(struct __sk_buff *skb)
+{
+	const struct pier_config *cfg = pier_config_get();
+
+	return cfg ? pier_egress6(skb, cfg, bpf_ktime_get_ns()) : TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -67,6 +67,10 @@ const SOCK_PROGRAMS: [&str; 8] = [
     "pier_sock_getpeername6",
 ];
 
+/// Tail-called from the two above for IPv6 (index in `pier_tc_programs`).
+const TAIL_PROGRAMS: [(&str, u32); 2] =
+    [("pier_nodeport_ingress6", 0), ("pier_nodeport_egress6", 1)];
+
 const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("pier_nodeport_ingress", TcAttachType::Ingress),
     ("pier_nodeport_egress", TcAttachType::Egress),
@@ -258,6 +262,29 @@ impl NodePortLb {
                 .try_into()
                 .map_err(|e| err(name)(&e))?;
             program.load().map_err(|e| err(name)(&e))?;
+        }
+        // The IPv6 halves, reached by tail call through the pinned program
+        // array (so a restart or upgrade swaps them in place too).
+        let mut tail_fds = Vec::new();
+        for (name, index) in TAIL_PROGRAMS {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| AgentError(format!("program {name} missing from tc_nodeport.o")))?
+                .try_into()
+                .map_err(|e| err(name)(&e))?;
+            program.load().map_err(|e| err(name)(&e))?;
+            let fd = program.fd().map_err(|e| err(name)(&e))?;
+            tail_fds.push((index, fd.try_clone().map_err(|e| err(name)(&e))?));
+        }
+        let map = ebpf
+            .map_mut(MAP_TC_PROGRAMS)
+            .ok_or_else(|| AgentError(format!("map {MAP_TC_PROGRAMS} missing")))?;
+        let mut programs: aya::maps::ProgramArray<_> =
+            aya::maps::ProgramArray::try_from(map).map_err(|e| err(MAP_TC_PROGRAMS)(&e))?;
+        for (index, fd) in &tail_fds {
+            programs
+                .set(*index, fd, 0)
+                .map_err(|e| err(MAP_TC_PROGRAMS)(&e))?;
         }
         let map = ebpf
             .map_mut(MAP_CONFIG)

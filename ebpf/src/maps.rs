@@ -248,4 +248,5 @@ pub const MAP_CT4: &str = "pier_ct4_flows";
 pub const MAP_CT6: &str = "pier_ct6_flows";
 pub const MAP_CONFIG: &str = "pier_ct4_config";
 pub const MAP_IDS: &str = "pier_lb4_ids";
+pub const MAP_TC_PROGRAMS: &str = "pier_tc_programs";
 pub const MAP_COUNTERS: &str = "pier_ct4_counters";

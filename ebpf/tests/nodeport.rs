@@ -72,7 +72,9 @@ fn manifests() -> String {
     // A backend behind a link with a small MTU (a tunnel, say).
     all += "apiVersion: v1\nkind: Service\nmetadata: {name: far, namespace: default}\nspec:\n  type: NodePort\n  clusterIP: 127.96.2.3\n  ports:\n  - {name: udp, port: 53, targetPort: 5353, nodePort: 30190, protocol: UDP}\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: far-1, namespace: default, labels: {kubernetes.io/service-name: far}}\n\
-         addressType: IPv4\nports: [{name: udp, port: 5353, protocol: UDP}]\nendpoints: [{addresses: [203.0.113.20], conditions: {ready: true}, nodeName: node-b}]\n---\n";
+         addressType: IPv4\nports: [{name: udp, port: 5353, protocol: UDP}]\nendpoints: [{addresses: [203.0.113.20], conditions: {ready: true}, nodeName: node-b}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: far-6, namespace: default, labels: {kubernetes.io/service-name: far}}\n\
+         addressType: IPv6\nports: [{name: udp, port: 5353, protocol: UDP}]\nendpoints: [{addresses: [\"fd00:66::20\"], conditions: {ready: true}, nodeName: node-b}]\n---\n";
     all += &service(
         "local",
         30081,
@@ -115,20 +117,25 @@ fn ask_udp(client: &Netns, to: &'static str) -> Result<String, String> {
 
 /// Sends 1,400-byte datagrams with DF to the far NodePort until the
 /// socket's path MTU drops (or 5 s pass); prints the path MTU.
+/// Over IPv4 and over IPv6 (argument: the NodePort address).
 const PMTU_CLIENT: &str = r#"
-import socket, time
-IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-s.connect(("192.0.2.1", 30190))
+import socket, sys, time
+host = sys.argv[1]
+if ":" in host:
+    family, level, discover, mtu_opt = socket.AF_INET6, socket.IPPROTO_IPV6, 23, 24
+else:
+    family, level, discover, mtu_opt = socket.AF_INET, socket.IPPROTO_IP, 10, 14
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.setsockopt(level, discover, 2)  # PMTUDISC_DO: DF, never fragment locally
+s.connect((host, 30190))
 deadline = time.time() + 5
-mtu = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+mtu = s.getsockopt(level, mtu_opt)
 while mtu > 1280 and time.time() < deadline:
     try:
         s.send(b"x" * 1400)
     except OSError:
         pass
-    mtu = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
+    mtu = s.getsockopt(level, mtu_opt)
 print(mtu)
 "#;
 
@@ -182,10 +189,15 @@ fn lab() -> Lab {
     remote.sh("ip addr add 198.18.1.2/30 dev mtu0");
     node.sh("ip route add 203.0.113.20/32 via 198.18.1.2 dev mtu0");
     remote.sh("ip addr add 203.0.113.20/32 dev lo");
+    node.sh("ip -6 addr add fd00:77::1/64 dev mtu0 nodad");
+    remote.sh("ip -6 addr add fd00:77::2/64 dev mtu0 nodad");
+    node.sh("ip -6 route add fd00:66::20/128 via fd00:77::2 dev mtu0");
+    remote.sh("ip -6 addr add fd00:66::20/128 dev lo nodad");
     remote.sh("ip -6 addr add fd00:55::10/128 dev lo nodad");
     serve(&pod, "pod", "198.51.100.2");
     serve(&remote, "remote", "203.0.113.10");
     serve(&remote, "far", "203.0.113.20");
+    serve(&remote, "far", "[fd00:66::20]");
     serve(&pod, "pod", "[fd00:44::2]");
     serve(&remote, "remote", "[fd00:55::10]");
     Lab {
@@ -301,18 +313,21 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
     assert_eq!(ask(&lab.client, "192.0.2.1:9999").unwrap(), "node itself");
 
     // A datagram too big for the way to the far backend, with DF set: the
-    // client learns the path MTU from pier's "fragmentation needed".
-    let pmtu = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.client.name))
-        .args(["python3", "-c", PMTU_CLIENT])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&pmtu.stdout).trim(),
-        "1280",
-        "{}",
-        String::from_utf8_lossy(&pmtu.stderr)
-    );
+    // client learns the path MTU from pier's "fragmentation needed" (IPv4)
+    // or "packet too big" (IPv6).
+    for node_address in ["192.0.2.1", "2001:db8::1"] {
+        let pmtu = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.client.name))
+            .args(["python3", "-c", PMTU_CLIENT, node_address])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&pmtu.stdout).trim(),
+            "1280",
+            "{node_address}: {}",
+            String::from_utf8_lossy(&pmtu.stderr)
+        );
+    }
     // Small datagrams still get through and back.
     let small = ask_udp(&lab.client, "192.0.2.1:30190").unwrap();
     assert!(small.starts_with("far "), "{small}");

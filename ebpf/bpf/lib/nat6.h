@@ -138,49 +138,153 @@ static __always_inline int rewrite6(struct __sk_buff *skb, struct packet6 *p, st
 	return 0;
 }
 
-/* As redirect_out, for IPv6 (hop limit instead of TTL, no header checksum). */
-static __always_inline int redirect_out6(struct __sk_buff *skb, const struct packet6 *p,
-					 const struct pier_ct6_entry *to)
+/* As fib_out, for IPv6. */
+static __always_inline long fib_out6(struct __sk_buff *skb, const struct packet6 *p,
+				     const struct pier_ct6_entry *to, struct bpf_fib_lookup *fib)
 {
-	struct bpf_fib_lookup fib = {};
+	fib->family = AF_INET6;
+	fib->l4_protocol = p->tuple.proto;
+	addr6_copy(fib->ipv6_src, to->saddr);
+	addr6_copy(fib->ipv6_dst, to->daddr);
+	fib->ifindex = skb->ingress_ifindex;
+	return bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
+}
+
+/* As send_out, for IPv6 (hop limit instead of TTL, no header checksum). */
+static __always_inline int send_out6(struct __sk_buff *skb, const struct bpf_fib_lookup *fib, long rc)
+{
 	__u32 hop_at = L3 + offsetof(struct ipv6hdr, hop_limit);
 	__u8 hops;
-	long rc;
 
 	if (bpf_skb_load_bytes(skb, hop_at, &hops, 1) < 0 || hops <= 1)
 		return TC_ACT_SHOT;
 	hops -= 1;
 	if (bpf_skb_store_bytes(skb, hop_at, &hops, 1, 0))
 		return TC_ACT_SHOT;
-	fib.family = AF_INET6;
-	fib.l4_protocol = p->tuple.proto;
-	addr6_copy(fib.ipv6_src, to->saddr);
-	addr6_copy(fib.ipv6_dst, to->daddr);
-	fib.ifindex = skb->ingress_ifindex;
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
-		    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
+		if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) ||
+		    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0))
 			return TC_ACT_SHOT;
-		return bpf_redirect(fib.ifindex, 0);
+		return bpf_redirect(fib->ifindex, 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
 		struct bpf_redir_neigh nh = { .nh_family = AF_INET6 };
 
-		addr6_copy(nh.ipv6_nh, fib.ipv6_dst);
-		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+		addr6_copy(nh.ipv6_nh, fib->ipv6_dst);
+		return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
 	}
 	pier_count(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? PIER_DROP_FRAG_NEEDED : PIER_DROP_NO_ROUTE);
 	return TC_ACT_SHOT;
 }
 
+static __always_inline int redirect_out6(struct __sk_buff *skb, const struct packet6 *p,
+					 const struct pier_ct6_entry *to)
+{
+	struct bpf_fib_lookup fib = {};
+
+	return send_out6(skb, &fib, fib_out6(skb, p, to, &fib));
+}
+
+/* The ICMPv6 header of a "packet too big". */
+struct icmp6_too_big {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 mtu;
+};
+
+/* The pseudo header the ICMPv6 checksum starts with. */
+struct pseudo6 {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be32 len;
+	__be32 next;
+};
+
+/* Scratch space for building a "packet too big" (too large for the stack,
+ * which the IPv6 program already mostly uses). Per CPU, not pinned. */
+struct ptb6_scratch {
+	struct ethhdr eth;
+	unsigned char mac[ETH_ALEN];
+	struct ipv6hdr ip;
+	struct icmp6_too_big icmp;
+	struct pseudo6 pseudo;
+	__u8 quoted[sizeof(struct ipv6hdr) + 8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ptb6_scratch);
+} pier_ptb6_scratch SEC(".maps");
+
+/* IPv6 routers never fragment: a packet too big for the way to a remote
+ * backend is answered with a "packet too big" carrying that MTU, built in
+ * place from the packet (its IPv6 header and first 8 transport bytes
+ * quoted), so path MTU discovery works through the NodePort. */
+static __attribute__((noinline)) int packet_too_big6(struct __sk_buff *skb, __u16 mtu)
+{
+	__u32 zero = 0;
+	struct ptb6_scratch *b = bpf_map_lookup_elem(&pier_ptb6_scratch, &zero);
+	__s64 sum;
+
+	if (!b || bpf_skb_load_bytes(skb, 0, &b->eth, sizeof(b->eth)) < 0 ||
+	    bpf_skb_load_bytes(skb, L3, b->quoted, sizeof(b->quoted)) < 0)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(&b->ip, b->quoted, sizeof(b->ip));
+	if (bpf_skb_adjust_room(skb, sizeof(b->ip) + sizeof(b->icmp), BPF_ADJ_ROOM_MAC, 0) ||
+	    bpf_skb_change_tail(skb, sizeof(b->eth) + sizeof(b->ip) + sizeof(b->icmp) + sizeof(b->quoted), 0))
+		return TC_ACT_SHOT;
+	__builtin_memcpy(b->mac, b->eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(b->eth.h_dest, b->eth.h_source, ETH_ALEN);
+	__builtin_memcpy(b->eth.h_source, b->mac, ETH_ALEN);
+	addr6_copy(b->pseudo.saddr, b->ip.daddr.in6_u.u6_addr32);
+	addr6_copy(b->pseudo.daddr, b->ip.saddr.in6_u.u6_addr32);
+	addr6_copy(b->ip.saddr.in6_u.u6_addr32, b->pseudo.saddr);
+	addr6_copy(b->ip.daddr.in6_u.u6_addr32, b->pseudo.daddr);
+	b->ip.payload_len = bpf_htons(sizeof(b->icmp) + sizeof(b->quoted));
+	b->ip.nexthdr = IPPROTO_ICMPV6_;
+	b->ip.hop_limit = 64;
+	b->ip.priority = 0;
+	b->ip.flow_lbl[0] = b->ip.flow_lbl[1] = b->ip.flow_lbl[2] = 0;
+	b->pseudo.len = bpf_htonl(sizeof(b->icmp) + sizeof(b->quoted));
+	b->pseudo.next = bpf_htonl(IPPROTO_ICMPV6_);
+	b->icmp.type = ICMPV6_PACKET_TOO_BIG;
+	b->icmp.code = 0;
+	b->icmp.checksum = 0;
+	b->icmp.mtu = bpf_htonl(mtu);
+	sum = bpf_csum_diff(0, 0, (__be32 *)&b->pseudo, sizeof(b->pseudo), 0);
+	if (sum >= 0)
+		sum = bpf_csum_diff(0, 0, (__be32 *)&b->icmp, sizeof(b->icmp), sum);
+	if (sum >= 0)
+		sum = bpf_csum_diff(0, 0, (__be32 *)b->quoted, sizeof(b->quoted), sum);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	b->icmp.checksum = csum_fold(sum);
+	if (bpf_skb_store_bytes(skb, 0, &b->eth, sizeof(b->eth), 0) ||
+	    bpf_skb_store_bytes(skb, L3, &b->ip, sizeof(b->ip), 0) ||
+	    bpf_skb_store_bytes(skb, L3 + sizeof(b->ip), &b->icmp, sizeof(b->icmp), 0))
+		return TC_ACT_SHOT;
+	pier_count(PIER_FRAG_NEEDED_SENT);
+	return bpf_redirect(skb->ingress_ifindex, 0);
+}
+
 static __always_inline int translate6(struct __sk_buff *skb, struct packet6 *p, struct pier_ct6_entry *to)
 {
+	struct bpf_fib_lookup fib = {};
+	long rc;
+
+	if (!(to->flags & PIER_CT_SNAT))
+		return rewrite6(skb, p, to) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	/* The way out is known before anything is rewritten, so a packet too
+	 * big for it is answered about as the client sent it. */
+	rc = fib_out6(skb, p, to, &fib);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return packet_too_big6(skb, fib.mtu_result);
 	if (rewrite6(skb, p, to) < 0)
 		return TC_ACT_SHOT;
-	if (to->flags & PIER_CT_SNAT)
-		return redirect_out6(skb, p, to);
-	return TC_ACT_OK;
+	return send_out6(skb, &fib, rc);
 }
 
 static __always_inline struct pier_ct6_entry *other_direction6(const struct pier_ct6_entry *ct, __u8 proto)
