@@ -14,6 +14,7 @@
 #include "pier_maps.h"
 #include "lib/lb4.h"
 #include "lib/ct4.h"
+#include "lib/tail.h"
 
 #define AF_INET 2
 #define IP_DF 0x4000
@@ -210,7 +211,8 @@ static __always_inline int frag_needed(struct __sk_buff *skb, const struct packe
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 ||
 	    bpf_skb_load_bytes(skb, p->l3, &orig, sizeof(orig)) < 0)
 		return TC_ACT_SHOT;
-	if (!(orig.frag_off & bpf_htons(IP_DF))) {
+	/* Kernels before 5.12 do not report the MTU: no answer beats a wrong one. */
+	if (mtu == 0 || !(orig.frag_off & bpf_htons(IP_DF))) {
 		/* Fragmenting is not ours to do: dropped, counted. */
 		pier_count(PIER_DROP_FRAG_NEEDED);
 		return TC_ACT_SHOT;
@@ -222,8 +224,10 @@ static __always_inline int frag_needed(struct __sk_buff *skb, const struct packe
 	/* Room for a new IP and ICMP header before the quoted packet, which is
 	 * cut after its first 8 transport bytes. */
 	if (bpf_skb_adjust_room(skb, sizeof(ip) + sizeof(icmp), BPF_ADJ_ROOM_MAC, 0) ||
-	    bpf_skb_change_tail(skb, sizeof(eth) + sizeof(ip) + sizeof(icmp) + quoted_len, 0))
+	    bpf_skb_change_tail(skb, sizeof(eth) + sizeof(ip) + sizeof(icmp) + quoted_len, 0)) {
+		pier_count(PIER_DROP_FRAG_NEEDED);
 		return TC_ACT_SHOT;
+	}
 	__builtin_memcpy(mac, eth.h_dest, ETH_ALEN);
 	__builtin_memcpy(eth.h_dest, eth.h_source, ETH_ALEN);
 	__builtin_memcpy(eth.h_source, mac, ETH_ALEN);
@@ -557,7 +561,8 @@ int pier_nodeport_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		bpf_tail_call(skb, &pier_tc_programs, PIER_TC_INGRESS6);
-		return TC_ACT_OK; /* no IPv6 program loaded: not ours */
+		pier_count(PIER_PASS_NO_IPV6); /* no IPv6 program loaded */
+		return TC_ACT_OK;
 	}
 	parsed = parse(skb, &p);
 	if (parsed == PARSE_ICMP)
@@ -600,6 +605,7 @@ int pier_nodeport_egress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		bpf_tail_call(skb, &pier_tc_programs, PIER_TC_EGRESS6);
+		pier_count(PIER_PASS_NO_IPV6);
 		return TC_ACT_OK;
 	}
 	parsed = parse(skb, &p);

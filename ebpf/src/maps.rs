@@ -206,7 +206,7 @@ pub struct Config {
 }
 
 /// Indexes of `pier_ct4_counters` (drops and passes by reason, per CPU).
-pub const COUNTERS: [(u32, &str); 7] = [
+pub const COUNTERS: [(u32, &str); 8] = [
     (0, "no_backend"),
     (1, "snat_ports_exhausted"),
     (2, "no_route"),
@@ -214,6 +214,7 @@ pub const COUNTERS: [(u32, &str); 7] = [
     (4, "malformed_passed"),
     (5, "frag_needed_dropped"),
     (6, "frag_needed_answered"),
+    (7, "ipv6_program_missing"),
 ];
 
 const _: () = assert!(size_of::<Lb6Key>() == 20);

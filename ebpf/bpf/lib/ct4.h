@@ -22,19 +22,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pier_ct4_config SEC(".maps");
 
-/* The IPv6 halves of the tc programs, tail-called so that each family has a
- * BPF stack budget of its own. Pinned: the entries outlive the agent. */
-#define PIER_TC_INGRESS6 0
-#define PIER_TC_EGRESS6 1
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, __u32);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pier_tc_programs SEC(".maps");
-
 /* Why a packet was dropped or left alone, counted per CPU for metrics. */
 #define PIER_DROP_NO_BACKEND 0  /* a service without endpoints */
 #define PIER_DROP_SNAT_PORTS 1  /* no free SNAT port for this backend */
@@ -43,6 +30,7 @@ struct {
 #define PIER_PASS_MALFORMED 4   /* truncated or bad headers: never translated */
 #define PIER_DROP_FRAG_NEEDED 5 /* larger than the MTU towards the backend, not answerable */
 #define PIER_FRAG_NEEDED_SENT 6 /* ... answered with ICMP "fragmentation needed" */
+#define PIER_PASS_NO_IPV6 7     /* IPv6, but its program is not loaded: passed untouched */
 #define PIER_COUNTERS 8
 
 struct {

@@ -229,13 +229,20 @@ static __attribute__((noinline)) int packet_too_big6(struct __sk_buff *skb, __u1
 	struct ptb6_scratch *b = bpf_map_lookup_elem(&pier_ptb6_scratch, &zero);
 	__s64 sum;
 
+	/* Kernels before 5.12 do not report the MTU: no answer beats a wrong one. */
+	if (mtu == 0) {
+		pier_count(PIER_DROP_FRAG_NEEDED);
+		return TC_ACT_SHOT;
+	}
 	if (!b || bpf_skb_load_bytes(skb, 0, &b->eth, sizeof(b->eth)) < 0 ||
 	    bpf_skb_load_bytes(skb, L3, b->quoted, sizeof(b->quoted)) < 0)
 		return TC_ACT_SHOT;
 	__builtin_memcpy(&b->ip, b->quoted, sizeof(b->ip));
 	if (bpf_skb_adjust_room(skb, sizeof(b->ip) + sizeof(b->icmp), BPF_ADJ_ROOM_MAC, 0) ||
-	    bpf_skb_change_tail(skb, sizeof(b->eth) + sizeof(b->ip) + sizeof(b->icmp) + sizeof(b->quoted), 0))
+	    bpf_skb_change_tail(skb, sizeof(b->eth) + sizeof(b->ip) + sizeof(b->icmp) + sizeof(b->quoted), 0)) {
+		pier_count(PIER_DROP_FRAG_NEEDED);
 		return TC_ACT_SHOT;
+	}
 	__builtin_memcpy(b->mac, b->eth.h_dest, ETH_ALEN);
 	__builtin_memcpy(b->eth.h_dest, b->eth.h_source, ETH_ALEN);
 	__builtin_memcpy(b->eth.h_source, b->mac, ETH_ALEN);
