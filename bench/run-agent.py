@@ -20,6 +20,8 @@ Usage (root): bench/run-agent.py [--counts 10,1000,10000] ; writes bench/results
 """
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
+from netbench import accept_server, connect_latency, sh, wait
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target/release/pier-agent")
 CONTROLLER = os.path.join(ROOT, "target/release/pier-controller")
@@ -27,10 +29,6 @@ STREAM = "127.0.0.1:17070"
 NS = "pierbench"
 EPS = 10
 BASE_PORT = 18080
-
-
-def sh(*cmd, check=True, **kw):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
 
 
 def ns(*cmd, **kw):
@@ -45,38 +43,11 @@ def endpoint(j):
     return f"127.0.0.{j + 1}"
 
 
-SERVER = r"""
-import socket, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", %d)); s.listen(4096)
-def serve():
-    while True:
-        c, _ = s.accept(); c.close()
-for _ in range(4):
-    threading.Thread(target=serve, daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-""" % BASE_PORT
-
-CLIENT = r"""
-import socket, sys, time, json
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-lat = []
-for _ in range(n):
-    s = socket.socket()
-    t = time.perf_counter_ns()
-    s.connect((host, port))
-    lat.append(time.perf_counter_ns() - t)
-    s.close()
-lat.sort()
-print(json.dumps({"p50_us": lat[len(lat)//2] / 1000, "p99_us": lat[int(len(lat)*0.99)] / 1000}))
-"""
+SERVER = accept_server("0.0.0.0", BASE_PORT)
 
 
 def client(host, port, cgroup=None, n=3000):
-    prefix = f"echo $$ > {cgroup}/cgroup.procs && " if cgroup else ""
-    out = sh("nsenter", f"--net=/run/netns/{NS}", "sh", "-c", f"{prefix}exec python3 -c '{CLIENT}' {host} {port} {n}")
-    return json.loads(out.stdout)
+    return connect_latency(NS, host, port, n, cgroup)
 
 
 def manifests(count, moved=None):
@@ -136,16 +107,6 @@ def agent_updates(log_path):
         if '"maps updated"' in line:
             out.append(json.loads(line)["fields"])
     return out
-
-
-def wait(pred, timeout=600):
-    end = time.time() + timeout
-    while time.time() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise SystemExit("timed out")
 
 
 def main():

@@ -15,51 +15,23 @@ Usage (root): bench/run-nodeport.py [--counts 10,1000] ; writes bench/results/no
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
+from netbench import accept_server, connect_latency, sh, wait
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AGENT = os.path.join(ROOT, "target/release/pier-agent")
 CLIENT_NS, NODE_NS, POD_NS = "pierbench-client", "pierbench-node", "pierbench-pod"
 FIRST_NODE_PORT = 30000
 
 
-def sh(*cmd, check=True, **kw):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True, **kw)
-
-
 def within(ns, *cmd, **kw):
     return sh("ip", "netns", "exec", ns, *cmd, **kw)
 
 
-SERVER = r"""
-import socket, threading
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("198.51.100.2", 8080)); s.listen(4096)
-def serve():
-    while True:
-        c, _ = s.accept(); c.close()
-for _ in range(4):
-    threading.Thread(target=serve, daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
-
-CLIENT = r"""
-import socket, sys, time, json
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-lat = []
-for _ in range(n):
-    s = socket.socket()
-    t = time.perf_counter_ns()
-    s.connect((host, port))
-    lat.append(time.perf_counter_ns() - t)
-    s.close()
-lat.sort()
-print(json.dumps({"p50_us": lat[len(lat)//2] / 1000, "p99_us": lat[int(len(lat)*0.99)] / 1000}))
-"""
+SERVER = accept_server("198.51.100.2", 8080)
 
 
 def client(host, port, n=3000):
-    out = sh("nsenter", f"--net=/run/netns/{CLIENT_NS}", "python3", "-c", CLIENT, host, str(port), str(n))
-    return json.loads(out.stdout)
+    return connect_latency(CLIENT_NS, host, port, n)
 
 
 def manifests(count):
@@ -91,15 +63,6 @@ def iptables_rules(count):
         lines.append(f"-A KUBE-SEP-{i} -p tcp -m tcp -j DNAT --to-destination 198.51.100.2:8080")
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
-
-
-def wait(pred, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise SystemExit("timed out")
 
 
 def main():

@@ -598,32 +598,30 @@ pub fn read_conntrack(pin_dir: &Path, limit: usize) -> Result<Vec<Flow>, AgentEr
     let at = |ip: IpAddr, port_be: u16| SocketAddr::new(ip, u16::from_be(port_be));
     let v4: BpfHashMap<MapData, Ct4Key, Ct4Entry> = open_pinned(pin_dir, MAP_CT4)?;
     let v6: BpfHashMap<MapData, Ct6Key, Ct6Entry> = open_pinned(pin_dir, MAP_CT6)?;
+    // The two families' keys and entries have the same field names.
+    macro_rules! flow {
+        (($k:expr, $e:expr)) => {
+            Flow {
+                proto: $k.proto,
+                source: at($k.saddr.into(), $k.sport_be),
+                destination: at($k.daddr.into(), $k.dport_be),
+                rewritten_source: at($e.saddr.into(), $e.sport_be),
+                rewritten_destination: at($e.daddr.into(), $e.dport_be),
+                flags: $e.flags,
+                closing: $e.closing != 0,
+            }
+        };
+    }
     let flows4 = v4
         .iter()
         .filter_map(Result::ok)
         .take(limit)
-        .map(|(k, e)| Flow {
-            proto: k.proto,
-            source: at(k.saddr.into(), k.sport_be),
-            destination: at(k.daddr.into(), k.dport_be),
-            rewritten_source: at(e.saddr.into(), e.sport_be),
-            rewritten_destination: at(e.daddr.into(), e.dport_be),
-            flags: e.flags,
-            closing: e.closing != 0,
-        });
+        .map(|(k, e)| flow!((k, e)));
     let flows6 = v6
         .iter()
         .filter_map(Result::ok)
         .take(limit)
-        .map(|(k, e)| Flow {
-            proto: k.proto,
-            source: at(k.saddr.into(), k.sport_be),
-            destination: at(k.daddr.into(), k.dport_be),
-            rewritten_source: at(e.saddr.into(), e.sport_be),
-            rewritten_destination: at(e.daddr.into(), e.dport_be),
-            flags: e.flags,
-            closing: e.closing != 0,
-        });
+        .map(|(k, e)| flow!((k, e)));
     Ok(flows4.chain(flows6).collect())
 }
 

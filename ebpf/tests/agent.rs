@@ -46,15 +46,6 @@ fn answer_becomes(sandbox: &Sandbox, want: &str, log: &std::path::Path) {
     }
 }
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_agent_programs_manifests_and_follows_changes() {
     if !privileged() {
@@ -66,19 +57,9 @@ fn the_agent_programs_manifests_and_follows_changes() {
     std::fs::write(dir.path().join("web.yaml"), manifests(one)).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
     let spawn_agent = || {
-        Kill(
-            Command::new(env!("CARGO_BIN_EXE_pier-agent"))
-                .arg("--manifests")
-                .arg(dir.path())
-                .arg("--cgroup")
-                .arg(&sandbox.cgroup)
-                .arg("--pin-dir")
-                .arg(sandbox.bpffs.join("pier"))
-                .args(["--metrics-bind", "127.0.0.1:0"])
-                .stdout(Stdio::null())
-                .stderr(log.reopen().unwrap())
-                .spawn()
-                .unwrap(),
+        sandbox.agent(
+            &["--manifests".as_ref(), dir.path().as_os_str()],
+            log.reopen().unwrap(),
         )
     };
     let agent = spawn_agent();
@@ -163,21 +144,10 @@ fn the_health_check_node_port_reports_local_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("lb.yaml"), lb_local(health_port, "node-a")).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let _agent = Kill(
-        Command::new(env!("CARGO_BIN_EXE_pier-agent"))
-            .arg("--manifests")
-            .arg(dir.path())
-            .arg("--cgroup")
-            .arg(&sandbox.cgroup)
-            .arg("--pin-dir")
-            .arg(sandbox.bpffs.join("pier"))
-            .args(["--node-name", "node-a", "--health-bind", "127.0.0.1"])
-            .args(["--metrics-bind", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let args = ["--node-name", "node-a", "--health-bind", "127.0.0.1"];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    args.extend(["--manifests".as_ref(), dir.path().as_os_str()]);
+    let _agent = sandbox.agent(&args, log.reopen().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", health_port)).is_err() {
         assert!(
@@ -239,18 +209,10 @@ fn the_agent_follows_the_controller_stream() {
             .spawn()
             .unwrap(),
     );
-    let _agent = Kill(
-        Command::new(env!("CARGO_BIN_EXE_pier-agent"))
-            .args(["--controller", &format!("127.0.0.1:{port}")])
-            .arg("--cgroup")
-            .arg(&sandbox.cgroup)
-            .arg("--pin-dir")
-            .arg(sandbox.bpffs.join("pier"))
-            .args(["--metrics-bind", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let controller = format!("127.0.0.1:{port}");
+    let _agent = sandbox.agent(
+        &["--controller".as_ref(), controller.as_ref()],
+        Stdio::null(),
     );
     let no_log = tempfile::NamedTempFile::new().unwrap();
     let wait_for = |want: &str| answer_becomes(&sandbox, want, no_log.path());

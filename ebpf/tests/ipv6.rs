@@ -6,17 +6,8 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn tcp_server(bind: &str, reply: &'static str) -> u16 {
     let l = TcpListener::bind(bind).unwrap();
@@ -66,19 +57,9 @@ fn a_dual_stack_service_balances_each_family_to_its_own_endpoints() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("dual.yaml"), manifests).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let _agent = Kill(
-        Command::new(env!("CARGO_BIN_EXE_pier-agent"))
-            .arg("--manifests")
-            .arg(dir.path())
-            .arg("--cgroup")
-            .arg(&sandbox.cgroup)
-            .arg("--pin-dir")
-            .arg(sandbox.bpffs.join("pier"))
-            .args(["--metrics-bind", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap(),
+    let _agent = sandbox.agent(
+        &["--manifests".as_ref(), dir.path().as_os_str()],
+        log.reopen().unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(log.path())

@@ -14,15 +14,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Answers every TCP connection with "`name` `peer address`" (what the backend
 /// saw as the client), and every UDP datagram the same way.
 fn serve(ns: &Netns, name: &'static str, ip: &str) {

@@ -9,15 +9,6 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn slice(name: &str, port: u16) -> String {
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: dns-{name}, namespace: default, labels: {{kubernetes.io/service-name: dns}}}}\n\
@@ -84,19 +75,9 @@ fn a_removed_udp_backend_aborts_the_sockets_connected_to_it() {
     std::fs::write(dir.path().join("a.yaml"), slice("a", 5301)).unwrap();
     std::fs::write(dir.path().join("b.yaml"), slice("b", 5302)).unwrap();
     let log = tempfile::NamedTempFile::new().unwrap();
-    let _agent = Kill(
-        Command::new(env!("CARGO_BIN_EXE_pier-agent"))
-            .arg("--manifests")
-            .arg(dir.path())
-            .arg("--cgroup")
-            .arg(&sandbox.cgroup)
-            .arg("--pin-dir")
-            .arg(sandbox.bpffs.join("pier"))
-            .args(["--metrics-bind", "127.0.0.1:0"])
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap(),
+    let _agent = sandbox.agent(
+        &["--manifests".as_ref(), dir.path().as_os_str()],
+        log.reopen().unwrap(),
     );
     log_says(log.path(), "maps updated");
 

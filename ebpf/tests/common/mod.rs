@@ -74,6 +74,37 @@ impl Sandbox {
     }
 }
 
+/// A child process killed (and reaped) on drop, even when a test fails.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Sandbox {
+    /// pier-agent on this sandbox (its cgroup, its pinned maps, metrics on
+    /// an ephemeral port) with `args` (the snapshot source and any extras),
+    /// its log going to `stderr`.
+    pub fn agent(&self, args: &[&std::ffi::OsStr], stderr: impl Into<std::process::Stdio>) -> Kill {
+        Kill(
+            Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+                .args(args)
+                .arg("--cgroup")
+                .arg(&self.cgroup)
+                .arg("--pin-dir")
+                .arg(self.bpffs.join("pier"))
+                .args(["--metrics-bind", "127.0.0.1:0"])
+                .stdout(std::process::Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.bpffs).status();
