@@ -3,7 +3,7 @@
 
 use crate::args::RequestArgs;
 use anyhow::{bail, Result};
-use pier_route_table::{RequestInfo, RouteTable, Selection};
+use pier_route_table::{split_host_port, RequestInfo, RouteTable, Selection};
 use pier_snapshot::{BackendRef, RouteAction};
 use pier_translate::Translation;
 use std::fmt::Write;
@@ -28,15 +28,10 @@ pub fn parse_url(url: &str) -> Result<ParsedUrl> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            let port: u16 = p
-                .parse()
-                .map_err(|_| anyhow::anyhow!("URL {url:?} has an invalid port {p:?}"))?;
-            (h.to_string(), port)
-        }
-        _ => (authority.to_string(), if tls { 443 } else { 80 }),
-    };
+    let (host, port) = split_host_port(authority)
+        .map_err(|e| anyhow::anyhow!("URL {url:?} has an invalid authority {authority:?}: {e}"))?;
+    let host = host.to_string();
+    let port = port.unwrap_or(if tls { 443 } else { 80 });
     if host.is_empty() {
         bail!("URL {url:?} has no host");
     }
@@ -159,5 +154,11 @@ mod tests {
         assert_eq!((u.port, u.path.as_str()), (8080, "/"));
         assert!(parse_url("ftp://a").is_err());
         assert!(parse_url("http://a:99999/").is_err());
+        // IPv6 literals: the host without brackets, the port after them.
+        let u = parse_url("http://[::1]:8080/p").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 8080));
+        let u = parse_url("https://[::1]/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 443));
+        assert!(parse_url("http://[::1/").is_err());
     }
 }

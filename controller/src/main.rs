@@ -2,8 +2,12 @@
 //! library crates.
 
 mod args;
+mod cluster;
 mod explain;
+mod hub;
+mod metrics;
 mod serve;
+mod views;
 
 use anyhow::{Context, Result};
 use args::{Args, Command, Output};
@@ -49,54 +53,37 @@ fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Watch { source } => watch(source),
-        Command::Serve { source, listen } => {
-            serve::serve(&source.manifests, listen, source.options())
+        Command::Run(cluster) => cluster::run(cluster),
+        Command::Serve { source, stream } => {
+            serve::serve_manifests(&source.manifests, source.options(), stream.options())
         }
     }
 }
 
 /// Standalone mode: translate on every change of the folder and log what moved.
 fn watch(source: args::Source) -> Result<()> {
-    let options = source.options();
-    let mut current = pier_snapshot::Snapshot::empty();
-    let mut apply = move |loaded: Result<
-        pier_translate::ClusterState,
-        pier_manifests::ManifestErrors,
-    >| match loaded {
-        Ok(state) => {
-            let out = translate(&state, &options);
-            let statuses = out.statuses.len();
-            let warnings = out.warnings.len();
-            let diff = current.advance(out.snapshot);
+    let _watcher = pier_manifests::follow_dir(
+        &source.manifests,
+        source.options(),
+        pier_manifests::SETTLE,
+        move |u| {
+            let d = u.diff;
             tracing::info!(
-                routes_version = current.routes.version,
-                backends_version = current.backends.version,
-                services_version = current.services.version,
-                listeners_changed = diff.listeners.added.len()
-                    + diff.listeners.removed.len()
-                    + diff.listeners.changed.len(),
-                backends_changed = diff.backends.added.len()
-                    + diff.backends.removed.len()
-                    + diff.backends.changed.len(),
-                statuses,
-                warnings,
+                routes_version = u.snapshot.routes.version,
+                backends_version = u.snapshot.backends.version,
+                services_version = u.snapshot.services.version,
+                listeners_changed =
+                    d.listeners.added.len() + d.listeners.removed.len() + d.listeners.changed.len(),
+                backends_changed =
+                    d.backends.added.len() + d.backends.removed.len() + d.backends.changed.len(),
+                statuses = u.translation.statuses.len(),
+                warnings = u.translation.warnings.len(),
                 "translated"
             );
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                tracing::error!(file = %e.file.display(), line = e.line, message = %e.message, "manifest rejected; keeping the last good snapshot");
-            }
-        }
-    };
-    apply(pier_manifests::load_dir(&source.manifests));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let _watcher = pier_manifests::watch(&source.manifests, move |r| {
-        let _ = tx.send(r);
-    })
-    .context("cannot watch the manifest folder")?;
-    for loaded in rx {
-        apply(loaded);
+        },
+    )?;
+    // Runs until killed; the watcher thread does the work.
+    loop {
+        std::thread::park();
     }
-    Ok(())
 }

@@ -6,9 +6,11 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "pier_maps.h"
+#include "lib/lb.h"
 #include "lib/lb4.h"
 #include "lib/lb6.h"
 /* Not used here, but every object creates every shared map: either can be loaded first. */
+#include "lib/nat.h"
 #include "lib/ct4.h"
 #include "lib/ct6.h"
 
@@ -47,7 +49,7 @@ static __always_inline int translate4(struct bpf_sock_addr *ctx, int remember)
 		.proto = sock_proto(ctx),
 		.scope = PIER_SCOPE_CLUSTER,
 	};
-	const struct pier_lb4_service *svc;
+	const struct pier_lb_service *svc;
 	const struct pier_lb4_backend *backend;
 	__u32 backend_id;
 
@@ -130,7 +132,7 @@ static __always_inline int translate6(struct bpf_sock_addr *ctx, int remember)
 		.proto = sock_proto(ctx),
 		.scope = PIER_SCOPE_CLUSTER,
 	};
-	const struct pier_lb4_service *svc;
+	const struct pier_lb_service *svc;
 	const struct pier_lb6_backend *backend;
 	__u32 id;
 

@@ -57,11 +57,11 @@ mod tests {
         }
         for map in [
             crate::maps::MAP_LB4_SERVICES,
-            crate::maps::MAP_LB4_SLOTS,
+            crate::maps::MAP_LB_SLOTS,
             crate::maps::MAP_LB4_BACKENDS,
             crate::maps::MAP_LB4_REVNAT,
-            crate::maps::MAP_LB4_AFFINITY,
-            crate::maps::MAP_LB4_MAGLEV,
+            crate::maps::MAP_LB_AFFINITY,
+            crate::maps::MAP_LB_MAGLEV,
             crate::maps::MAP_LB6_SERVICES,
             crate::maps::MAP_LB6_BACKENDS,
             crate::maps::MAP_LB6_REVNAT,

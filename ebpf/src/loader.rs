@@ -10,28 +10,112 @@ use aya::{Ebpf, EbpfLoader};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug)]
-pub struct AgentError(pub String);
+/// What went wrong loading, attaching or programming the BPF side, with the
+/// underlying error as its `source()` (print the chain, e.g. anyhow's `{:#}`).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{} is not on a bpffs: mount one (mount -t bpf bpf DIR) or use --pin-dir under /sys/fs/bpf", .0.display())]
+    NotBpffs(PathBuf),
+    #[error("could not mount a bpffs on /sys/fs/bpf")]
+    MountBpffs,
+    #[error("program {program} is missing from {object}")]
+    MissingProgram {
+        program: String,
+        object: &'static str,
+    },
+    #[error("map {0} is missing from the loaded object")]
+    MissingMap(&'static str),
+    /// Maps pinned by an older pier-agent that cannot be taken over in place.
+    #[error("{}: maps pinned by an older pier-agent ({}) {reason}; run `pier-agent uninstall` (with the same --pin-dir) and start the agent again", dir.display(), names.join(", "))]
+    LegacyPins {
+        dir: PathBuf,
+        names: Vec<String>,
+        reason: &'static str,
+    },
+    /// `what` failed because of `source`.
+    #[error("{what}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Cause,
+    },
+}
+
+/// The error underneath an [`AgentError::Failed`], by kind.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Boxed: by far the largest (it carries the verifier log).
+    #[error(transparent)]
+    Load(Box<aya::EbpfError>),
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+    #[error(transparent)]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error(transparent)]
+    Pin(#[from] aya::pin::PinError),
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+}
+
+impl From<aya::EbpfError> for Cause {
+    fn from(e: aya::EbpfError) -> Self {
+        Cause::Load(Box::new(e))
+    }
+}
+
+/// Wraps an error as the cause of `what` failing.
+fn err<E: Into<Cause>>(what: &str) -> impl FnOnce(E) -> AgentError + '_ {
+    move |source| AgentError::Failed {
+        what: what.to_string(),
+        source: source.into(),
+    }
+}
+
+/// An error and its sources, joined with ": " (for logs that print one field).
+pub struct Chain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_pin_dir_off_bpffs_outside_sys_fs_bpf_is_refused_clearly() {
-        let e = super::ensure_bpffs(std::path::Path::new("/tmp/not-a-bpffs/pier")).unwrap_err();
-        assert!(e.0.contains("is not on a bpffs"), "{e}");
+        let e = ensure_bpffs(Path::new("/tmp/not-a-bpffs/pier")).unwrap_err();
+        assert!(matches!(e, AgentError::NotBpffs(_)), "{e:?}");
+        assert!(e.to_string().contains("is not on a bpffs"), "{e}");
     }
-}
 
-impl std::fmt::Display for AgentError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+    #[test]
+    fn a_failure_keeps_its_cause_as_the_source() {
+        let e = err("opening the cgroup")(std::io::Error::from_raw_os_error(libc::ENOENT));
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(matches!(source, e2 if e2.to_string().contains("No such file")));
+        assert!(matches!(
+            e,
+            AgentError::Failed {
+                source: Cause::Io(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            Chain(&e).to_string(),
+            "opening the cgroup: No such file or directory (os error 2)"
+        );
     }
-}
-
-impl std::error::Error for AgentError {}
-
-fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> AgentError + '_ {
-    move |e| AgentError(format!("{what}: {e}"))
 }
 
 // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with no
@@ -40,12 +124,12 @@ fn err(what: &str) -> impl Fn(&dyn std::fmt::Display) -> AgentError + '_ {
 mod pod {
     use super::*;
     unsafe impl aya::Pod for Lb4Key {}
-    unsafe impl aya::Pod for Lb4Service {}
-    unsafe impl aya::Pod for Lb4SlotKey {}
+    unsafe impl aya::Pod for LbService {}
+    unsafe impl aya::Pod for LbSlotKey {}
     unsafe impl aya::Pod for Lb4Backend {}
     unsafe impl aya::Pod for Lb4RevNatKey {}
     unsafe impl aya::Pod for Lb4RevNat {}
-    unsafe impl aya::Pod for Lb4Maglev {}
+    unsafe impl aya::Pod for LbMaglev {}
     unsafe impl aya::Pod for Lb6Key {}
     unsafe impl aya::Pod for Lb6Backend {}
     unsafe impl aya::Pod for Ct4Key {}
@@ -54,6 +138,10 @@ mod pod {
     unsafe impl aya::Pod for IdCounters {}
     unsafe impl aya::Pod for Ct6Key {}
     unsafe impl aya::Pod for Ct6Entry {}
+    unsafe impl aya::Pod for LbAffinityKey {}
+    unsafe impl aya::Pod for LbAffinity {}
+    unsafe impl aya::Pod for Lb6RevNatKey {}
+    unsafe impl aya::Pod for Lb6RevNat {}
 }
 
 const SOCK_PROGRAMS: [&str; 8] = [
@@ -136,34 +224,99 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), AgentError> {
     }
     let default = Path::new("/sys/fs/bpf");
     if !pin_dir.starts_with(default) {
-        return Err(AgentError(format!("{} is not on a bpffs: mount one (mount -t bpf bpf DIR) or use --pin-dir under /sys/fs/bpf", pin_dir.display())));
+        return Err(AgentError::NotBpffs(pin_dir.to_path_buf()));
     }
     let status = std::process::Command::new("mount")
         .args(["-t", "bpf", "bpf"])
         .arg(default)
         .status()
-        .map_err(|e| err("running mount")(&e))?;
+        .map_err(err("running mount"))?;
     if !status.success() || fs_type_of(pin_dir).as_deref() != Some("bpf") {
-        return Err(AgentError("could not mount a bpffs on /sys/fs/bpf".into()));
+        return Err(AgentError::MountBpffs);
     }
     tracing::info!("mounted a bpffs on /sys/fs/bpf");
     Ok(())
 }
 
+fn missing_program(program: &str, object: &'static str) -> AgentError {
+    AgentError::MissingProgram {
+        program: program.to_string(),
+        object,
+    }
+}
+
+/// Takes over what an older pier-agent pinned under former names (see
+/// [`LEGACY_MAP_NAMES`]): each map is renamed in place, which keeps the map,
+/// its content and every program using it, so services, ids and conntrack
+/// survive the upgrade; the old counters are unpinned. A former name next to
+/// its current one (an older agent ran after a newer one) is refused, naming
+/// `pier-agent uninstall`. Returns the former names taken over.
+pub fn migrate_legacy_pins(pin_dir: &Path) -> Result<Vec<&'static str>, AgentError> {
+    let found: Vec<(&'static str, &'static str)> = LEGACY_MAP_NAMES
+        .into_iter()
+        .filter(|(old, _)| pin_dir.join(old).exists())
+        .collect();
+    let both: Vec<String> = found
+        .iter()
+        .filter(|(_, new)| pin_dir.join(new).exists())
+        .map(|(old, new)| format!("{old} next to {new}"))
+        .collect();
+    if !both.is_empty() {
+        return Err(AgentError::LegacyPins {
+            dir: pin_dir.to_path_buf(),
+            names: both,
+            reason: "sit next to the maps of this version (which ones are in use is unknown)",
+        });
+    }
+    let mut migrated = Vec::new();
+    for (old, new) in found {
+        std::fs::rename(pin_dir.join(old), pin_dir.join(new))
+            .map_err(err(&format!("renaming the pinned map {old} to {new}")))?;
+        tracing::info!(from = old, to = new, "pinned map renamed");
+        migrated.push(old);
+    }
+    let counters = pin_dir.join(LEGACY_COUNTERS);
+    if counters.exists() {
+        std::fs::remove_file(&counters).map_err(err(&format!("unpinning {LEGACY_COUNTERS}")))?;
+        migrated.push(LEGACY_COUNTERS);
+    }
+    Ok(migrated)
+}
+
+/// Refuses to read a pin directory an older agent left (for `status`).
+fn refuse_legacy_pins(pin_dir: &Path) -> Result<(), AgentError> {
+    let names: Vec<String> = LEGACY_MAP_NAMES
+        .iter()
+        .map(|(old, _)| *old)
+        .chain([LEGACY_COUNTERS])
+        .filter(|old| pin_dir.join(old).exists())
+        .map(str::to_string)
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    Err(AgentError::LegacyPins {
+        dir: pin_dir.to_path_buf(),
+        names,
+        reason: "are not migrated yet (the agent of this version renames them when it starts)",
+    })
+}
+
 fn loader(pin_dir: &Path, sizes: &MapSizes) -> Result<EbpfLoader<'static>, AgentError> {
     ensure_bpffs(pin_dir)?;
-    std::fs::create_dir_all(pin_dir).map_err(|e| err("creating the pin directory")(&e))?;
+    std::fs::create_dir_all(pin_dir).map_err(err("creating the pin directory"))?;
+    migrate_legacy_pins(pin_dir)?;
     let mut loader = EbpfLoader::new();
     loader
         .default_map_pin_directory(pin_dir)
         .map_max_entries(MAP_LB4_SERVICES, sizes.services)
-        .map_max_entries(MAP_LB4_SLOTS, sizes.backends)
+        .map_max_entries(MAP_LB_SLOTS, sizes.backends)
         .map_max_entries(MAP_LB4_BACKENDS, sizes.backends)
         .map_max_entries(MAP_LB6_SERVICES, sizes.services)
         .map_max_entries(MAP_LB6_BACKENDS, sizes.backends)
         .map_max_entries(MAP_CT4, sizes.conntrack)
         .map_max_entries(MAP_CT6, sizes.conntrack)
-        .map_max_entries(MAP_LB4_MAGLEV, sizes.maglev_tables);
+        .map_max_entries(MAP_LB_MAGLEV, sizes.maglev_tables);
     Ok(loader)
 }
 
@@ -183,11 +336,11 @@ pub fn uninstall(pin_dir: &Path) -> Result<(), AgentError> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("link_") {
-            let link = PinnedLink::from_pin(entry.path()).map_err(|e| err(&name)(&e))?;
-            drop(link.unpin().map_err(|e| err(&name)(&e))?);
+            let link = PinnedLink::from_pin(entry.path()).map_err(err(&name))?;
+            drop(link.unpin().map_err(err(&name))?);
         }
     }
-    std::fs::remove_dir_all(pin_dir).map_err(|e| err("removing the pinned maps")(&e))
+    std::fs::remove_dir_all(pin_dir).map_err(err("removing the pinned maps"))
 }
 
 /// The socket-LB programs attached to one cgroup. The hooks live in pinned
@@ -210,8 +363,8 @@ impl SockLb {
         };
         let mut ebpf = loader(pin_dir, sizes)?
             .load(object)
-            .map_err(|e| err("loading sock.o")(&e))?;
-        let cgroup_fd = File::open(cgroup).map_err(|e| err("opening the cgroup")(&e))?;
+            .map_err(err("loading sock.o"))?;
+        let cgroup_fd = File::open(cgroup).map_err(err("opening the cgroup"))?;
         for name in SOCK_PROGRAMS {
             // A link pinned by a previous agent keeps the hook attached while the
             // agent restarts; it is kept (the maps it reads are the pinned ones).
@@ -221,16 +374,16 @@ impl SockLb {
             }
             let program: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
-                .ok_or_else(|| AgentError(format!("program {name} missing from sock.o")))?
+                .ok_or_else(|| missing_program(name, "sock.o"))?
                 .try_into()
-                .map_err(|e| err(name)(&e))?;
-            program.load().map_err(|e| err(name)(&e))?;
+                .map_err(err(name))?;
+            program.load().map_err(err(name))?;
             let link_id = program
                 .attach(&cgroup_fd, CgroupAttachMode::Single)
-                .map_err(|e| err(name)(&e))?;
-            let link = program.take_link(link_id).map_err(|e| err(name)(&e))?;
-            let fd_link: FdLink = link.try_into().map_err(|e| err(name)(&e))?;
-            fd_link.pin(&pin).map_err(|e| err(name)(&e))?;
+                .map_err(err(name))?;
+            let link = program.take_link(link_id).map_err(err(name))?;
+            let fd_link: FdLink = link.try_into().map_err(err(name))?;
+            fd_link.pin(&pin).map_err(err(name))?;
         }
         Ok(SockLb { _ebpf: ebpf })
     }
@@ -254,14 +407,14 @@ impl NodePortLb {
     ) -> Result<NodePortLb, AgentError> {
         let mut ebpf = loader(pin_dir, sizes)?
             .load(crate::NODEPORT_OBJECT)
-            .map_err(|e| err("loading tc_nodeport.o")(&e))?;
+            .map_err(err("loading tc_nodeport.o"))?;
         for (name, _) in TC_PROGRAMS {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
-                .ok_or_else(|| AgentError(format!("program {name} missing from tc_nodeport.o")))?
+                .ok_or_else(|| missing_program(name, "tc_nodeport.o"))?
                 .try_into()
-                .map_err(|e| err(name)(&e))?;
-            program.load().map_err(|e| err(name)(&e))?;
+                .map_err(err(name))?;
+            program.load().map_err(err(name))?;
         }
         // The IPv6 halves, reached by tail call through the pinned program
         // array (so a restart or upgrade swaps them in place too).
@@ -269,29 +422,27 @@ impl NodePortLb {
         for (name, index) in TAIL_PROGRAMS {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
-                .ok_or_else(|| AgentError(format!("program {name} missing from tc_nodeport.o")))?
+                .ok_or_else(|| missing_program(name, "tc_nodeport.o"))?
                 .try_into()
-                .map_err(|e| err(name)(&e))?;
-            program.load().map_err(|e| err(name)(&e))?;
-            let fd = program.fd().map_err(|e| err(name)(&e))?;
-            tail_fds.push((index, fd.try_clone().map_err(|e| err(name)(&e))?));
+                .map_err(err(name))?;
+            program.load().map_err(err(name))?;
+            let fd = program.fd().map_err(err(name))?;
+            tail_fds.push((index, fd.try_clone().map_err(err(name))?));
         }
         let map = ebpf
             .map_mut(MAP_TC_PROGRAMS)
-            .ok_or_else(|| AgentError(format!("map {MAP_TC_PROGRAMS} missing")))?;
+            .ok_or(AgentError::MissingMap(MAP_TC_PROGRAMS))?;
         let mut programs: aya::maps::ProgramArray<_> =
-            aya::maps::ProgramArray::try_from(map).map_err(|e| err(MAP_TC_PROGRAMS)(&e))?;
+            aya::maps::ProgramArray::try_from(map).map_err(err(MAP_TC_PROGRAMS))?;
         for (index, fd) in &tail_fds {
-            programs
-                .set(*index, fd, 0)
-                .map_err(|e| err(MAP_TC_PROGRAMS)(&e))?;
+            programs.set(*index, fd, 0).map_err(err(MAP_TC_PROGRAMS))?;
         }
         let map = ebpf
             .map_mut(MAP_CONFIG)
-            .ok_or_else(|| AgentError(format!("map {MAP_CONFIG} missing")))?;
+            .ok_or(AgentError::MissingMap(MAP_CONFIG))?;
         let mut array: aya::maps::Array<_, Config> =
-            aya::maps::Array::try_from(map).map_err(|e| err(MAP_CONFIG)(&e))?;
-        array.set(0, config, 0).map_err(|e| err(MAP_CONFIG)(&e))?;
+            aya::maps::Array::try_from(map).map_err(err(MAP_CONFIG))?;
+        array.set(0, config, 0).map_err(err(MAP_CONFIG))?;
         Ok(NodePortLb {
             ebpf,
             netlink_links: Vec::new(),
@@ -306,15 +457,15 @@ impl NodePortLb {
             let program: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)
-                .ok_or_else(|| AgentError(format!("program {name} missing")))?
+                .ok_or_else(|| missing_program(name, "tc_nodeport.o"))?
                 .try_into()
-                .map_err(|e| err(name)(&e))?;
+                .map_err(err(name))?;
             let pin = link_pin(pin_dir, name, Some(interface));
             let what = format!("{name} on {interface}");
             if pin.exists() {
-                let old = PinnedLink::from_pin(&pin).map_err(|e| err(&what)(&e))?;
-                let link = FdLink::from(old).try_into().map_err(|e| err(&what)(&e))?;
-                program.attach_to_link(link).map_err(|e| err(&what)(&e))?;
+                let old = PinnedLink::from_pin(&pin).map_err(err(&what))?;
+                let link = FdLink::from(old).try_into().map_err(err(&what))?;
+                program.attach_to_link(link).map_err(err(&what))?;
                 continue;
             }
             // Kernels without TCX need the clsact qdisc; it may already be
@@ -325,13 +476,11 @@ impl NodePortLb {
                 let _ = aya::programs::tc::qdisc_add_clsact(interface);
                 let _ = aya::programs::tc::qdisc_detach_program(interface, direction, name);
             }
-            let id = program
-                .attach(interface, direction)
-                .map_err(|e| err(&what)(&e))?;
-            let link = program.take_link(id).map_err(|e| err(&what)(&e))?;
+            let id = program.attach(interface, direction).map_err(err(&what))?;
+            let link = program.take_link(id).map_err(err(&what))?;
             if tcx {
-                let fd_link: FdLink = link.try_into().map_err(|e| err(&what)(&e))?;
-                fd_link.pin(&pin).map_err(|e| err(&what)(&e))?;
+                let fd_link: FdLink = link.try_into().map_err(err(&what))?;
+                fd_link.pin(&pin).map_err(err(&what))?;
             } else {
                 tracing::warn!(interface, program = name, "kernel before 6.6: tc programs are attached with netlink and detach when the agent stops (no TCX links to pin)");
                 self.netlink_links.push(link);
@@ -345,23 +494,23 @@ impl NodePortLb {
         let program: &SchedClassifier = self
             .ebpf
             .program(name)
-            .ok_or_else(|| AgentError(format!("program {name} missing")))?
+            .ok_or_else(|| missing_program(name, "tc_nodeport.o"))?
             .try_into()
-            .map_err(|e| err(name)(&e))?;
+            .map_err(err(name))?;
         use std::os::fd::AsFd;
-        Ok(program.fd().map_err(|e| err(name)(&e))?.as_fd())
+        Ok(program.fd().map_err(err(name))?.as_fd())
     }
 }
 
 /// The service maps, opened from their pins, and the writes that keep them
 /// in step with the plan.
 pub struct LbMaps {
-    services: BpfHashMap<MapData, Lb4Key, Lb4Service>,
-    slots: BpfHashMap<MapData, Lb4SlotKey, u32>,
+    services: BpfHashMap<MapData, Lb4Key, LbService>,
+    slots: BpfHashMap<MapData, LbSlotKey, u32>,
     backends: BpfHashMap<MapData, u32, Lb4Backend>,
-    maglev: BpfHashMap<MapData, u32, Lb4Maglev>,
+    maglev: BpfHashMap<MapData, u32, LbMaglev>,
     revnat: BpfHashMap<MapData, Lb4RevNatKey, Lb4RevNat>,
-    services6: BpfHashMap<MapData, Lb6Key, Lb4Service>,
+    services6: BpfHashMap<MapData, Lb6Key, LbService>,
     backends6: BpfHashMap<MapData, u32, Lb6Backend>,
     ids: aya::maps::Array<MapData, IdCounters>,
 }
@@ -370,9 +519,9 @@ impl LbMaps {
     pub fn open(pin_dir: &Path) -> Result<LbMaps, AgentError> {
         Ok(LbMaps {
             services: open_pinned(pin_dir, MAP_LB4_SERVICES)?,
-            slots: open_pinned(pin_dir, MAP_LB4_SLOTS)?,
+            slots: open_pinned(pin_dir, MAP_LB_SLOTS)?,
             backends: open_pinned(pin_dir, MAP_LB4_BACKENDS)?,
-            maglev: open_pinned(pin_dir, MAP_LB4_MAGLEV)?,
+            maglev: open_pinned(pin_dir, MAP_LB_MAGLEV)?,
             revnat: open_pinned(pin_dir, MAP_LB4_REVNAT)?,
             services6: open_pinned(pin_dir, MAP_LB6_SERVICES)?,
             backends6: open_pinned(pin_dir, MAP_LB6_BACKENDS)?,
@@ -382,7 +531,7 @@ impl LbMaps {
 
     /// Saves the id counters (after each successful update).
     pub fn save_ids(&mut self, counters: IdCounters) -> Result<(), AgentError> {
-        self.ids.set(0, counters, 0).map_err(|e| err(MAP_IDS)(&e))
+        self.ids.set(0, counters, 0).map_err(err(MAP_IDS))
     }
 
     /// Destroys connected UDP sockets that socket-LB pointed at one of the
@@ -407,16 +556,20 @@ impl LbMaps {
                     // more backends than entries) costs only that service its
                     // Maglev consistency: without a table it picks at random.
                     // It never stops the rest of the update.
-                    let stored = spec.table().map_err(|e| e.to_string()).and_then(|table| {
-                        let mut value = Box::new(Lb4Maglev {
-                            backend_ids: [0; MAGLEV_MAX],
-                        });
-                        let n = table.len().min(MAGLEV_MAX);
-                        value.backend_ids[..n].copy_from_slice(&table[..n]);
-                        self.maglev.insert(id, *value, 0).map_err(|e| e.to_string())
-                    });
-                    if let Err(e) = stored {
-                        tracing::warn!(service_id = id, error = %e, "no Maglev table for this service (random backend choice from outside; raise --max-maglev-tables?)");
+                    match spec.table() {
+                        Ok(table) => {
+                            let mut value = Box::new(LbMaglev {
+                                backend_ids: [0; MAGLEV_MAX],
+                            });
+                            let n = table.len().min(MAGLEV_MAX);
+                            value.backend_ids[..n].copy_from_slice(&table[..n]);
+                            if let Err(e) = self.maglev.insert(id, *value, 0) {
+                                tracing::warn!(service_id = id, error = %e, "no Maglev table stored for this service (random backend choice from outside; raise --max-maglev-tables?)");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(service_id = id, error = %e, "no Maglev table for this service (random backend choice from outside)");
+                        }
                     }
                     Ok(())
                 }
@@ -435,7 +588,7 @@ impl LbMaps {
                 Err(aya::maps::MapError::KeyNotFound) => Ok(()),
                 other => other,
             };
-            result.map_err(|e| AgentError(format!("{op:?}: {e}")))?;
+            result.map_err(err(&format!("{op:?}")))?;
         }
         Ok(())
     }
@@ -445,15 +598,15 @@ fn open_pinned_array<V: aya::Pod>(
     pin_dir: &Path,
     name: &str,
 ) -> Result<aya::maps::Array<MapData, V>, AgentError> {
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| err(name)(&e))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(|e| err(name)(&e))?;
-    aya::maps::Array::try_from(map).map_err(|e| err(name)(&e))
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(err(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(err(name))?;
+    aya::maps::Array::try_from(map).map_err(err(name))
 }
 
 /// The id counters a previous agent saved (zero when none).
 pub fn read_id_counters(pin_dir: &Path) -> IdCounters {
     open_pinned_array::<IdCounters>(pin_dir, MAP_IDS)
-        .and_then(|a| a.get(&0, 0).map_err(|e| err(MAP_IDS)(&e)))
+        .and_then(|a| a.get(&0, 0).map_err(err(MAP_IDS)))
         .unwrap_or_default()
 }
 
@@ -463,26 +616,25 @@ fn read_all<K: aya::Pod + Ord, V: aya::Pod>(
     name: &str,
 ) -> Result<std::collections::BTreeMap<K, V>, AgentError> {
     let map: BpfHashMap<MapData, K, V> = open_pinned(pin_dir, name)?;
-    map.iter()
-        .map(|entry| entry.map_err(|e| err(name)(&e)))
-        .collect()
+    map.iter().map(|entry| entry.map_err(err(name))).collect()
 }
 
 fn open_pinned<K: aya::Pod, V: aya::Pod>(
     pin_dir: &Path,
     name: &str,
 ) -> Result<BpfHashMap<MapData, K, V>, AgentError> {
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| err(name)(&e))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(|e| err(name)(&e))?;
-    BpfHashMap::try_from(map).map_err(|e| err(name)(&e))
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(err(name))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(err(name))?;
+    BpfHashMap::try_from(map).map_err(err(name))
 }
 
 /// Reads the pinned lb4 maps back (for `status`, and so a restarted agent
 /// reconciles against what the kernel really holds).
 pub fn read_pinned(pin_dir: &Path) -> Result<crate::plan::MapState, AgentError> {
+    refuse_legacy_pins(pin_dir)?;
     let mut state = crate::plan::MapState {
         services: read_all(pin_dir, MAP_LB4_SERVICES)?,
-        slots: read_all(pin_dir, MAP_LB4_SLOTS)?,
+        slots: read_all(pin_dir, MAP_LB_SLOTS)?,
         backends: read_all(pin_dir, MAP_LB4_BACKENDS)?,
         services6: read_all(pin_dir, MAP_LB6_SERVICES)?,
         backends6: read_all(pin_dir, MAP_LB6_BACKENDS)?,
@@ -490,9 +642,9 @@ pub fn read_pinned(pin_dir: &Path) -> Result<crate::plan::MapState, AgentError> 
     };
     // Which tables exist (what they were built from is not recoverable: a
     // placeholder that differs from any plan, so the next diff rewrites them).
-    let maglev: BpfHashMap<MapData, u32, Lb4Maglev> = open_pinned(pin_dir, MAP_LB4_MAGLEV)?;
+    let maglev: BpfHashMap<MapData, u32, LbMaglev> = open_pinned(pin_dir, MAP_LB_MAGLEV)?;
     for id in maglev.keys() {
-        let id = id.map_err(|e| err(MAP_LB4_MAGLEV)(&e))?;
+        let id = id.map_err(err(MAP_LB_MAGLEV))?;
         let placeholder = crate::plan::MaglevSpec {
             size: 0,
             backends: Vec::new(),
@@ -543,7 +695,7 @@ pub fn render_status(state: &crate::plan::MapState) -> String {
     for (address, p, scope, svc) in rows4.chain(rows6) {
         let backends: Vec<String> = (1..=u32::from(svc.backend_count))
             .map(|slot| {
-                let key = Lb4SlotKey {
+                let key = LbSlotKey {
                     service_id: svc.service_id,
                     slot,
                 };
@@ -678,20 +830,20 @@ pub struct DataPathStats {
 
 /// Reads the conntrack fill and the counters from the pinned maps.
 pub fn read_stats(pin_dir: &Path) -> Result<DataPathStats, AgentError> {
-    let data = MapData::from_pin(pin_dir.join(MAP_CT4)).map_err(|e| err(MAP_CT4)(&e))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(|e| err(MAP_CT4)(&e))?;
+    let data = MapData::from_pin(pin_dir.join(MAP_CT4)).map_err(err(MAP_CT4))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(err(MAP_CT4))?;
     let ct: BpfHashMap<MapData, Ct4Key, Ct4Entry> =
-        BpfHashMap::try_from(map).map_err(|e| err(MAP_CT4)(&e))?;
+        BpfHashMap::try_from(map).map_err(err(MAP_CT4))?;
     let ct6: BpfHashMap<MapData, Ct6Key, Ct6Entry> = open_pinned(pin_dir, MAP_CT6)?;
     let conntrack_entries =
         ct.keys().filter(Result::is_ok).count() + ct6.keys().filter(Result::is_ok).count();
-    let data = MapData::from_pin(pin_dir.join(MAP_COUNTERS)).map_err(|e| err(MAP_COUNTERS)(&e))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(|e| err(MAP_COUNTERS)(&e))?;
+    let data = MapData::from_pin(pin_dir.join(MAP_COUNTERS)).map_err(err(MAP_COUNTERS))?;
+    let map = aya::maps::Map::from_map_data(data).map_err(err(MAP_COUNTERS))?;
     let per_cpu: aya::maps::PerCpuArray<MapData, u64> =
-        aya::maps::PerCpuArray::try_from(map).map_err(|e| err(MAP_COUNTERS)(&e))?;
+        aya::maps::PerCpuArray::try_from(map).map_err(err(MAP_COUNTERS))?;
     let mut counters = Vec::new();
     for (index, reason) in COUNTERS {
-        let values = per_cpu.get(&index, 0).map_err(|e| err(MAP_COUNTERS)(&e))?;
+        let values = per_cpu.get(&index, 0).map_err(err(MAP_COUNTERS))?;
         counters.push((reason, values.iter().sum()));
     }
     Ok(DataPathStats {

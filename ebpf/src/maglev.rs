@@ -24,18 +24,27 @@ fn is_prime(n: usize) -> bool {
             .all(|d| !n.is_multiple_of(d))
 }
 
+/// Why a Maglev table cannot be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MaglevError {
+    #[error("Maglev table size {0} is not a prime")]
+    NotPrime(usize),
+    #[error("{backends} backends do not fit a Maglev table of {size}")]
+    TooManyBackends { backends: usize, size: usize },
+}
+
 /// Builds the lookup table: entry i is the index (into `backends`) of the
 /// backend owning hash bucket i. `backends` are stable names (e.g. `ip:port`).
 /// Returns an empty table when there are no backends. `size` must be prime.
-pub fn table(backends: &[String], size: usize) -> Result<Vec<u32>, String> {
+pub fn table(backends: &[String], size: usize) -> Result<Vec<u32>, MaglevError> {
     if !is_prime(size) {
-        return Err(format!("Maglev table size {size} is not a prime"));
+        return Err(MaglevError::NotPrime(size));
     }
     if backends.len() > size {
-        return Err(format!(
-            "{} backends do not fit a Maglev table of {size}",
-            backends.len()
-        ));
+        return Err(MaglevError::TooManyBackends {
+            backends: backends.len(),
+            size,
+        });
     }
     if backends.is_empty() {
         return Ok(Vec::new());

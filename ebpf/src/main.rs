@@ -28,9 +28,8 @@ struct Args {
     /// Folder of manifests (standalone mode); watched for changes.
     #[arg(long, value_name = "DIR")]
     manifests: Option<PathBuf>,
-    /// The controller's snapshot stream (`pier-controller serve`), instead of --manifests.
-    #[arg(long, value_name = "ADDR", conflicts_with = "manifests")]
-    controller: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    stream: pier_stream::StreamClientArgs,
     /// cgroup v2 directory the socket hooks attach to (default: the cgroup v2 root from /proc/mounts).
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -270,9 +269,11 @@ fn run(args: Args) -> Result<()> {
         tracing::info!(interface, node_addresses = ?addresses, node_addresses6 = ?addresses6, snat = ?snat, "NodePort / external traffic attached");
     }
     let metrics = pier_agent::metrics::Shared::default();
+    let stream_status = std::sync::Arc::new(std::sync::OnceLock::new());
     let metrics_at = pier_agent::metrics::serve(
         args.metrics_bind,
         metrics.clone(),
+        stream_status.clone(),
         args.pin_dir.clone(),
         sizes,
     )
@@ -298,27 +299,31 @@ fn run(args: Args) -> Result<()> {
         health: HealthChecks::new(args.health_bind),
         pin_dir: args.pin_dir.clone(),
     };
-    match (&args.manifests, args.controller) {
+    let subscriber = pier_stream::Subscriber::Agent {
+        node: args.node_name.clone(),
+    };
+    let stream_config = args
+        .stream
+        .follower_config(subscriber)
+        .context("snapshot stream")?;
+    match (&args.manifests, stream_config) {
         (Some(dir), None) => follow_manifests(dir, &mut programmer),
-        (None, Some(addr)) => {
-            let connect = move || {
-                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
-            };
-            let mut warn =
-                move |e: &str| tracing::warn!(controller = %addr, error = %e, "snapshot stream");
-            let (first, stream) =
-                pier_snapshot::stream::first_snapshot(&mut { connect }, &mut warn);
-            programmer.program(&first, None, std::time::Instant::now());
-            pier_snapshot::stream::follow(
-                connect,
-                |s, changed| programmer.program(s, changed, std::time::Instant::now()),
-                warn,
-                first,
-                stream,
-            )
+        (None, Some(config)) => {
+            // The pinned maps keep traffic flowing whatever happens here; the
+            // follower installs the state dir's snapshot, then the controller's.
+            let status = pier_stream::spawn_follower(config, move |s, changed| {
+                programmer.program(s, changed, std::time::Instant::now())
+            })
+            .context("starting the stream thread")?;
+            let _ = stream_status.set(status);
+            loop {
+                std::thread::park();
+            }
         }
         _ => {
-            anyhow::bail!("give exactly one snapshot source: --manifests DIR or --controller ADDR")
+            anyhow::bail!(
+                "give exactly one snapshot source: --manifests DIR or --controller HOST:PORT"
+            )
         }
     }
 }
@@ -356,7 +361,7 @@ impl Programmer {
         // Saved first: counters only go up, so a failure or a kill half-way
         // through the operations can never lead to an id given out twice.
         if let Err(e) = self.lb.save_ids(self.planner.id_counters()) {
-            tracing::warn!(error = %e, "id counters not saved");
+            tracing::warn!(error = %pier_agent::loader::Chain(&e), "id counters not saved");
         }
         match self.lb.apply(&ops) {
             Ok(()) => {
@@ -390,7 +395,7 @@ impl Programmer {
                     self.planner.reset_to(actual);
                 }
                 self.needs_full = true;
-                tracing::error!(error = %e, "map update failed; will retry on the next change")
+                tracing::error!(error = %pier_agent::loader::Chain(&e), "map update failed; will retry on the next change")
             }
         }
         // Off the programming path: the health-check listeners follow.

@@ -1,6 +1,9 @@
-//! `#[repr(C)]` mirrors of `bpf/include/pier_maps.h`. The sizes are checked at
-//! compile time: a layout change on one side that is not made on the other
-//! fails the build instead of corrupting maps.
+//! `#[repr(C)]` mirrors of `bpf/include/pier_maps.h`. `tests/btf_layout.rs`
+//! compares every key and value of every map, member by member (offset and
+//! size), with the BTF clang wrote into the built objects: a layout change on
+//! one side that is not made on the other fails the tests instead of
+//! corrupting maps. The size asserts below catch the commonest slip (a
+//! member added or resized in Rust) at compile time already.
 
 use std::mem::size_of;
 
@@ -33,10 +36,10 @@ pub struct Lb4Key {
     pub scope: u8,
 }
 
-/// `struct pier_lb4_service`.
+/// `struct pier_lb_service` (the value of both families' service maps).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lb4Service {
+pub struct LbService {
     pub service_id: u32,
     pub backend_count: u16,
     pub flags: u16,
@@ -44,10 +47,10 @@ pub struct Lb4Service {
     pub maglev_size: u32,
 }
 
-/// `struct pier_lb4_slot_key`.
+/// `struct pier_lb_slot_key`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Lb4SlotKey {
+pub struct LbSlotKey {
     pub service_id: u32,
     pub slot: u32,
 }
@@ -101,28 +104,48 @@ pub struct Lb4RevNat {
     pub pad: u16,
 }
 
-/// `struct pier_lb4_affinity_key`.
+/// `struct pier_lb6_revnat_key` (written by socket LB only; mirrored so the
+/// layout is checked with the others).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lb4AffinityKey {
+pub struct Lb6RevNatKey {
+    pub cookie: u64,
+    pub address: [u8; 16],
+    pub port_be: u16,
+    pub pad: [u16; 3],
+}
+
+/// `struct pier_lb6_revnat`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lb6RevNat {
+    pub address: [u8; 16],
+    pub port_be: u16,
+    pub pad: u16,
+}
+
+/// `struct pier_lb_affinity_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbAffinityKey {
     pub netns_cookie: u64,
     pub service_id: u32,
     pub pad: u32,
 }
 
-/// `struct pier_lb4_affinity`.
+/// `struct pier_lb_affinity`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lb4Affinity {
+pub struct LbAffinity {
     pub last_used_ns: u64,
     pub backend_id: u32,
     pub pad: u32,
 }
 
-/// `struct pier_lb4_maglev`: a service's Maglev table as backend ids.
+/// `struct pier_lb_maglev`: a service's Maglev table as backend ids.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Lb4Maglev {
+pub struct LbMaglev {
     pub backend_ids: [u32; MAGLEV_MAX],
 }
 
@@ -205,8 +228,9 @@ pub struct Config {
     pub snat_address6: [u8; 16],
 }
 
-/// Indexes of `pier_ct4_counters` (drops and passes by reason, per CPU).
-pub const COUNTERS: [(u32, &str); 8] = [
+/// Indexes of `pier_nat_counters` (drops and passes by reason, per CPU;
+/// `PIER_DROP_*` / `PIER_PASS_*` in `bpf/lib/nat.h`).
+pub const COUNTERS: [(u32, &str); 9] = [
     (0, "no_backend"),
     (1, "snat_ports_exhausted"),
     (2, "no_route"),
@@ -215,39 +239,59 @@ pub const COUNTERS: [(u32, &str); 8] = [
     (5, "frag_needed_dropped"),
     (6, "frag_needed_answered"),
     (7, "ipv6_program_missing"),
+    (8, "conntrack_insert_failed"),
 ];
 
 const _: () = assert!(size_of::<Lb6Key>() == 20);
 const _: () = assert!(size_of::<Lb6Backend>() == 20);
-const _: () = assert!(size_of::<Lb4Maglev>() == 4 * MAGLEV_MAX);
+const _: () = assert!(size_of::<LbMaglev>() == 4 * MAGLEV_MAX);
 const _: () = assert!(size_of::<Ct4Key>() == 16);
 const _: () = assert!(size_of::<Ct4Entry>() == 32);
 const _: () = assert!(size_of::<Config>() == 40);
 const _: () = assert!(size_of::<Ct6Key>() == 40);
 const _: () = assert!(size_of::<Ct6Entry>() == 56);
 const _: () = assert!(size_of::<IdCounters>() == 8);
-const _: () = assert!(size_of::<Lb4AffinityKey>() == 16);
-const _: () = assert!(size_of::<Lb4Affinity>() == 16);
+const _: () = assert!(size_of::<LbAffinityKey>() == 16);
+const _: () = assert!(size_of::<LbAffinity>() == 16);
 const _: () = assert!(size_of::<Lb4Key>() == 8);
-const _: () = assert!(size_of::<Lb4Service>() == 16);
-const _: () = assert!(size_of::<Lb4SlotKey>() == 8);
+const _: () = assert!(size_of::<LbService>() == 16);
+const _: () = assert!(size_of::<LbSlotKey>() == 8);
 const _: () = assert!(size_of::<Lb4Backend>() == 8);
 const _: () = assert!(size_of::<Lb4RevNatKey>() == 16);
 const _: () = assert!(size_of::<Lb4RevNat>() == 8);
+const _: () = assert!(size_of::<Lb6RevNatKey>() == 32);
+const _: () = assert!(size_of::<Lb6RevNat>() == 20);
 
-/// Map names, as pinned under `/sys/fs/bpf/pier/`.
+/// Map names, as pinned under `/sys/fs/bpf/pier/`: `pier_<area>_<noun>`,
+/// the area `lb4` / `lb6` / `ct4` / `ct6` for one address family, `lb` and
+/// `nat` for what both share.
 pub const MAP_LB4_SERVICES: &str = "pier_lb4_services";
-pub const MAP_LB4_SLOTS: &str = "pier_lb4_slots";
+pub const MAP_LB_SLOTS: &str = "pier_lb_slots";
 pub const MAP_LB4_BACKENDS: &str = "pier_lb4_backends";
 pub const MAP_LB4_REVNAT: &str = "pier_lb4_revnat";
-pub const MAP_LB4_AFFINITY: &str = "pier_lb4_affinity";
-pub const MAP_LB4_MAGLEV: &str = "pier_lb4_maglev";
+pub const MAP_LB_AFFINITY: &str = "pier_lb_affinity";
+pub const MAP_LB_MAGLEV: &str = "pier_lb_maglev";
 pub const MAP_LB6_SERVICES: &str = "pier_lb6_services";
 pub const MAP_LB6_BACKENDS: &str = "pier_lb6_backends";
 pub const MAP_LB6_REVNAT: &str = "pier_lb6_revnat";
 pub const MAP_CT4: &str = "pier_ct4_flows";
 pub const MAP_CT6: &str = "pier_ct6_flows";
-pub const MAP_CONFIG: &str = "pier_ct4_config";
-pub const MAP_IDS: &str = "pier_lb4_ids";
+pub const MAP_CONFIG: &str = "pier_nat_config";
+pub const MAP_IDS: &str = "pier_lb_ids";
 pub const MAP_TC_PROGRAMS: &str = "pier_tc_programs";
-pub const MAP_COUNTERS: &str = "pier_ct4_counters";
+pub const MAP_COUNTERS: &str = "pier_nat_counters";
+
+/// Names an older pier-agent pinned maps under, with today's name: the
+/// maps both families share were named after IPv4 (`pier_lb4_*`) or after
+/// conntrack (`pier_ct4_*`). Same layouts: the agent renames the pins.
+pub const LEGACY_MAP_NAMES: [(&str, &str); 5] = [
+    ("pier_lb4_slots", MAP_LB_SLOTS),
+    ("pier_lb4_affinity", MAP_LB_AFFINITY),
+    ("pier_lb4_maglev", MAP_LB_MAGLEV),
+    ("pier_lb4_ids", MAP_IDS),
+    ("pier_ct4_config", MAP_CONFIG),
+];
+
+/// The older name of [`MAP_COUNTERS`]: statistics only, and one counter
+/// short of today's, so the agent unpins it and starts a fresh one.
+pub const LEGACY_COUNTERS: &str = "pier_ct4_counters";

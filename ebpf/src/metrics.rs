@@ -52,6 +52,7 @@ pub type Shared = Arc<Mutex<Programmed>>;
 pub fn serve(
     bind: SocketAddr,
     shared: Shared,
+    stream: StreamCell,
     pin_dir: PathBuf,
     sizes: MapSizes,
 ) -> std::io::Result<SocketAddr> {
@@ -61,13 +62,23 @@ pub fn serve(
         .name("pier-metrics".into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
-                answer(conn, &shared, &pin_dir, &sizes);
+                answer(conn, &shared, &stream, &pin_dir, &sizes);
             }
         })?;
     Ok(local)
 }
 
-fn answer(mut conn: TcpStream, shared: &Shared, pin_dir: &std::path::Path, sizes: &MapSizes) {
+/// The controller's stream, once the agent follows one.
+pub type StreamCell =
+    std::sync::Arc<std::sync::OnceLock<std::sync::Arc<pier_stream::StreamStatus>>>;
+
+fn answer(
+    mut conn: TcpStream,
+    shared: &Shared,
+    stream: &StreamCell,
+    pin_dir: &std::path::Path,
+    sizes: &MapSizes,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
     let Ok(clone) = conn.try_clone() else { return };
     let mut reader = BufReader::new(clone.take(8192));
@@ -80,7 +91,26 @@ fn answer(mut conn: TcpStream, shared: &Shared, pin_dir: &std::path::Path, sizes
     let path = request_line.split_whitespace().nth(1).unwrap_or("");
     let programmed = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let (status, body) = match path {
-        "/metrics" => ("200 OK", render(&programmed, pin_dir, sizes)),
+        "/metrics" => {
+            let mut body = render(&programmed, pin_dir, sizes);
+            if let Some(s) = stream.get() {
+                body.push_str(&s.render_metrics());
+            }
+            ("200 OK", body)
+        }
+        // Ready once programmed; the detail says whether the stream is live
+        // (the maps keep serving while it is not).
+        "/readyz" => {
+            let detail = stream.get().map(|s| s.describe()).unwrap_or_default();
+            if programmed.updates_ok > 0 {
+                ("200 OK", format!("ready\n{detail}\n"))
+            } else {
+                (
+                    "503 Service Unavailable",
+                    format!("not programmed yet\n{detail}\n"),
+                )
+            }
+        }
         "/healthz" if programmed.updates_ok > 0 => ("200 OK", "ok\n".to_string()),
         "/healthz" => (
             "503 Service Unavailable",
@@ -132,9 +162,9 @@ pub fn render(p: &Programmed, pin_dir: &std::path::Path, sizes: &MapSizes) -> St
         "Entries in each BPF map pier writes.",
         &[
             ("{map=\"pier_lb4_services\"}", total_services as f64),
-            ("{map=\"pier_lb4_slots\"}", p.slots as f64),
+            ("{map=\"pier_lb_slots\"}", p.slots as f64),
             ("{map=\"pier_lb4_backends\"}", p.backends as f64),
-            ("{map=\"pier_lb4_maglev\"}", p.maglev_tables as f64),
+            ("{map=\"pier_lb_maglev\"}", p.maglev_tables as f64),
         ],
     );
     metric(
@@ -143,9 +173,9 @@ pub fn render(p: &Programmed, pin_dir: &std::path::Path, sizes: &MapSizes) -> St
         "max_entries of each BPF map (configurable with --max-*).",
         &[
             ("{map=\"pier_lb4_services\"}", f64::from(sizes.services)),
-            ("{map=\"pier_lb4_slots\"}", f64::from(sizes.backends)),
+            ("{map=\"pier_lb_slots\"}", f64::from(sizes.backends)),
             ("{map=\"pier_lb4_backends\"}", f64::from(sizes.backends)),
-            ("{map=\"pier_lb4_maglev\"}", f64::from(sizes.maglev_tables)),
+            ("{map=\"pier_lb_maglev\"}", f64::from(sizes.maglev_tables)),
             ("{map=\"pier_ct4_flows\"}", f64::from(sizes.conntrack)),
         ],
     );

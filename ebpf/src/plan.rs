@@ -33,7 +33,7 @@ pub struct MaglevSpec {
 
 impl MaglevSpec {
     /// The table as backend ids, entry by entry (`size` entries).
-    pub fn table(&self) -> Result<Vec<u32>, String> {
+    pub fn table(&self) -> Result<Vec<u32>, crate::maglev::MaglevError> {
         let names: Vec<String> = self.backends.iter().map(|(n, _)| n.clone()).collect();
         let table = crate::maglev::table(&names, self.size as usize)?;
         Ok(table.iter().map(|i| self.backends[*i as usize].1).collect())
@@ -43,13 +43,13 @@ impl MaglevSpec {
 /// The content of the lb4 maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapState {
-    pub services: BTreeMap<Lb4Key, Lb4Service>,
-    pub slots: BTreeMap<Lb4SlotKey, u32>,
+    pub services: BTreeMap<Lb4Key, LbService>,
+    pub slots: BTreeMap<LbSlotKey, u32>,
     pub backends: BTreeMap<u32, Lb4Backend>,
     /// Maglev tables by service id, for the views reached from outside.
     pub maglev: BTreeMap<u32, MaglevSpec>,
     /// IPv6 service addresses (their slots are in `slots`).
-    pub services6: BTreeMap<Lb6Key, Lb4Service>,
+    pub services6: BTreeMap<Lb6Key, LbService>,
     pub backends6: BTreeMap<u32, Lb6Backend>,
 }
 
@@ -230,12 +230,12 @@ fn backend_flags(e: &Endpoint, node: &NodeInfo) -> u8 {
     flags
 }
 
-fn service_value(svc: &L4Service, service_id: u32, backends: usize, flags: u16) -> Lb4Service {
+fn service_value(svc: &L4Service, service_id: u32, backends: usize, flags: u16) -> LbService {
     let mut flags = flags;
     if svc.session_affinity.is_some() {
         flags |= SVC_AFFINITY;
     }
-    Lb4Service {
+    LbService {
         service_id,
         backend_count: u16::try_from(backends).unwrap_or(u16::MAX),
         flags,
@@ -248,7 +248,7 @@ fn write_slots(state: &mut MapState, service_id: u32, backend_ids: &mut Vec<u32>
     backend_ids.sort_unstable();
     backend_ids.dedup();
     for (i, id) in backend_ids.iter().enumerate() {
-        let key = Lb4SlotKey {
+        let key = LbSlotKey {
             service_id,
             slot: i as u32 + 1,
         };
@@ -262,7 +262,7 @@ fn write_slots(state: &mut MapState, service_id: u32, backend_ids: &mut Vec<u32>
 /// every node builds the same one); nothing without backends.
 fn add_maglev(
     state: &mut MapState,
-    value: &mut Lb4Service,
+    value: &mut LbService,
     mut named: Vec<(String, u32)>,
     node: &NodeInfo,
 ) {
@@ -501,14 +501,14 @@ pub fn plan_service(
 pub enum MapOp {
     PutBackend(u32, Lb4Backend),
     PutBackend6(u32, Lb6Backend),
-    PutSlot(Lb4SlotKey, u32),
+    PutSlot(LbSlotKey, u32),
     PutMaglev(u32, MaglevSpec),
-    PutService(Lb4Key, Lb4Service),
-    PutService6(Lb6Key, Lb4Service),
+    PutService(Lb4Key, LbService),
+    PutService6(Lb6Key, LbService),
     DeleteService(Lb4Key),
     DeleteService6(Lb6Key),
     DeleteMaglev(u32),
-    DeleteSlot(Lb4SlotKey),
+    DeleteSlot(LbSlotKey),
     DeleteBackend(u32),
     DeleteBackend6(u32),
 }
@@ -609,7 +609,7 @@ pub fn consistent(state: &MapState) -> Result<(), String> {
         .map(|(k, v)| (format!("{k:?}"), v, true));
     for (key, svc, six) in v4.chain(v6) {
         for slot in 1..=u32::from(svc.backend_count) {
-            let slot_key = Lb4SlotKey {
+            let slot_key = LbSlotKey {
                 service_id: svc.service_id,
                 slot,
             };

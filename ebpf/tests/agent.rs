@@ -1,11 +1,13 @@
 //! The pier-agent binary in standalone mode: manifests in, BPF maps out, and
 //! an endpoint change in the folder reaches the kernel without a restart.
+//! (Following `pier-controller serve` needs both binaries: that test is in
+//! the pier-tests package, `tests/tests/agent_stream.rs`.)
 
 mod common;
 use common::*;
 use std::io::Write;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn backend(reply: &'static str) -> u16 {
@@ -176,47 +178,4 @@ fn the_health_check_node_port_reports_local_endpoints() {
         }
         assert!(Instant::now() < deadline, "still healthy: {answer}");
     }
-}
-
-#[test]
-fn the_agent_follows_the_controller_stream() {
-    if !privileged() {
-        return;
-    }
-    let controller_bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_pier-agent"))
-        .with_file_name("pier-controller");
-    assert!(
-        controller_bin.exists(),
-        "{} missing: run `cargo test --workspace`",
-        controller_bin.display()
-    );
-    let sandbox = Sandbox::new("stream");
-    let (one, two) = (backend("stream-one"), backend("stream-two"));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("web.yaml"), manifests(one)).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _controller = Kill(
-        Command::new(&controller_bin)
-            .args(["serve", "--manifests"])
-            .arg(dir.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let controller = format!("127.0.0.1:{port}");
-    let _agent = sandbox.agent(
-        &["--controller".as_ref(), controller.as_ref()],
-        Stdio::null(),
-    );
-    let no_log = tempfile::NamedTempFile::new().unwrap();
-    let wait_for = |want: &str| answer_becomes(&sandbox, want, no_log.path());
-    wait_for("stream-one");
-    std::fs::write(dir.path().join("web.yaml"), manifests(two)).unwrap();
-    wait_for("stream-two");
 }

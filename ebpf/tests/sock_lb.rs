@@ -34,7 +34,7 @@ fn service_ops(id: u32, k: Lb4Key, backends: &[(u32, [u8; 4], u16)]) -> Vec<MapO
             },
         ));
         ops.push(MapOp::PutSlot(
-            Lb4SlotKey {
+            LbSlotKey {
                 service_id: id,
                 slot: slot as u32 + 1,
             },
@@ -43,7 +43,7 @@ fn service_ops(id: u32, k: Lb4Key, backends: &[(u32, [u8; 4], u16)]) -> Vec<MapO
     }
     ops.push(MapOp::PutService(
         k,
-        Lb4Service {
+        LbService {
             service_id: id,
             backend_count: backends.len() as u16,
             flags: 0,

@@ -11,10 +11,12 @@ use pier_agent::plan::{diff, MapState};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
-const CLIENT: [u8; 4] = [192, 0, 2, 2];
-const NODE: [u8; 4] = [192, 0, 2, 1];
+const CLIENT: [u8; 4] = [203, 0, 113, 2];
+const NODE: [u8; 4] = [203, 0, 113, 1];
 const POD_A: [u8; 4] = [198, 51, 100, 2];
 const POD_B: [u8; 4] = [198, 51, 100, 3];
+/// A backend on another node: its flows are SNATed to the node.
+const POD_REMOTE: [u8; 4] = [198, 51, 100, 9];
 
 /// The Internet checksum of `data` (one's complement sum), folded.
 fn sum16(data: &[u8], initial: u32) -> u16 {
@@ -136,42 +138,51 @@ fn backend(address: [u8; 4], port: u16, proto: u8) -> Lb4Backend {
     }
 }
 
+/// Adds service `id` on the node address's `port` with `backends` (ids).
+fn add_service(s: &mut MapState, id: u32, port: u16, proto: u8, backends: &[u32], flags: u16) {
+    for (i, b) in backends.iter().enumerate() {
+        s.slots.insert(
+            LbSlotKey {
+                service_id: id,
+                slot: i as u32 + 1,
+            },
+            *b,
+        );
+    }
+    let key = Lb4Key {
+        address: NODE,
+        port_be: port.to_be(),
+        proto,
+        scope: SCOPE_NODEPORT,
+    };
+    let value = LbService {
+        service_id: id,
+        backend_count: backends.len() as u16,
+        flags,
+        affinity_timeout_s: 60,
+        maglev_size: 0,
+    };
+    s.services.insert(key, value);
+}
+
 /// Services on the node address: TCP 30080 → pod A, UDP 30053 → pod A,
-/// TCP 30099 with no endpoints, TCP 30090 → pods A and B (random).
+/// TCP 30099 with no endpoints, TCP 30090 → pods A and B (random), TCP
+/// 30070 → a pod on another node (SNAT).
 fn services() -> MapState {
     let mut s = MapState::default();
     s.backends.insert(1, backend(POD_A, 8080, PROTO_TCP));
     s.backends.insert(2, backend(POD_A, 5353, PROTO_UDP));
     s.backends.insert(3, backend(POD_B, 8080, PROTO_TCP));
-    let mut add = |id: u32, port: u16, proto: u8, backends: &[u32]| {
-        for (i, b) in backends.iter().enumerate() {
-            s.slots.insert(
-                Lb4SlotKey {
-                    service_id: id,
-                    slot: i as u32 + 1,
-                },
-                *b,
-            );
-        }
-        let key = Lb4Key {
-            address: NODE,
-            port_be: port.to_be(),
-            proto,
-            scope: SCOPE_NODEPORT,
-        };
-        let value = Lb4Service {
-            service_id: id,
-            backend_count: backends.len() as u16,
-            flags: 0,
-            affinity_timeout_s: 0,
-            maglev_size: 0,
-        };
-        s.services.insert(key, value);
+    let remote = Lb4Backend {
+        flags: 0,
+        ..backend(POD_REMOTE, 8080, PROTO_TCP)
     };
-    add(1, 30080, PROTO_TCP, &[1]);
-    add(2, 30053, PROTO_UDP, &[2]);
-    add(3, 30099, PROTO_TCP, &[]);
-    add(4, 30090, PROTO_TCP, &[1, 3]);
+    s.backends.insert(4, remote);
+    add_service(&mut s, 1, 30080, PROTO_TCP, &[1], 0);
+    add_service(&mut s, 2, 30053, PROTO_UDP, &[2], 0);
+    add_service(&mut s, 3, 30099, PROTO_TCP, &[], 0);
+    add_service(&mut s, 4, 30090, PROTO_TCP, &[1, 3], 0);
+    add_service(&mut s, 6, 30070, PROTO_TCP, &[4], 0);
     s
 }
 
@@ -182,10 +193,8 @@ struct Loaded {
     _sandbox: Sandbox,
 }
 
-fn load() -> Loaded {
-    let sandbox = Sandbox::new("tc");
-    let pins = sandbox.bpffs.join("pier");
-    let config = Config {
+fn config() -> Config {
+    Config {
         snat_address: NODE,
         snat_port_min: 61000,
         snat_port_max: 65535,
@@ -194,8 +203,21 @@ fn load() -> Loaded {
         closing_timeout_s: 0,
         pad: 0,
         snat_address6: [0; 16],
-    };
-    let programs = NodePortLb::load(&pins, &MapSizes::default(), &config).unwrap();
+    }
+}
+
+fn load() -> Loaded {
+    load_with(&config(), |_| {})
+}
+
+/// Loads the programs with `config`, after `prepare` had the pin directory
+/// (to pin maps of its own making first).
+fn load_with(config: &Config, prepare: impl FnOnce(&std::path::Path)) -> Loaded {
+    let sandbox = Sandbox::new("tc");
+    let pins = sandbox.bpffs.join("pier");
+    std::fs::create_dir_all(&pins).unwrap();
+    prepare(&pins);
+    let programs = NodePortLb::load(&pins, &MapSizes::default(), config).unwrap();
     let mut maps = LbMaps::open(&pins).unwrap();
     maps.apply(&diff(&MapState::default(), &services()))
         .unwrap();
@@ -217,6 +239,25 @@ impl Loaded {
     fn counter(&self, reason: &str) -> u64 {
         let stats = read_stats(&self.pins).unwrap();
         stats.counters.iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+    fn ct4(&self) -> BpfHashMap<MapData, Ct4Key, Ct4Entry> {
+        let data = MapData::from_pin(self.pins.join(MAP_CT4)).unwrap();
+        BpfHashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap()
+    }
+    fn ct6(&self) -> BpfHashMap<MapData, Ct6Key, Ct6Entry> {
+        let data = MapData::from_pin(self.pins.join(MAP_CT6)).unwrap();
+        BpfHashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap()
+    }
+}
+
+fn ct_key(s: Endpoint, d: Endpoint) -> Ct4Key {
+    Ct4Key {
+        saddr: s.0,
+        daddr: d.0,
+        sport_be: s.1.to_be(),
+        dport_be: d.1.to_be(),
+        proto: PROTO_TCP,
+        pad: [0; 3],
     }
 }
 
@@ -346,13 +387,13 @@ fn a_flow_keeps_its_backend_until_that_backend_leaves() {
     let (gone, stays) = if first == POD_A { (1, 3) } else { (3, 1) };
     after.backends.remove(&gone);
     after.slots.insert(
-        Lb4SlotKey {
+        LbSlotKey {
             service_id: 4,
             slot: 1,
         },
         stays,
     );
-    after.slots.remove(&Lb4SlotKey {
+    after.slots.remove(&LbSlotKey {
         service_id: 4,
         slot: 2,
     });
@@ -365,7 +406,7 @@ fn a_flow_keeps_its_backend_until_that_backend_leaves() {
     // Service 1 used backend 1 too; point it at what stays.
     if gone == 1 {
         after.slots.insert(
-            Lb4SlotKey {
+            LbSlotKey {
                 service_id: 1,
                 slot: 1,
             },
@@ -473,19 +514,9 @@ fn a_reset_ends_the_flow_in_both_directions() {
     };
     rst[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
     assert_eq!(lb.run("pier_nodeport_egress", &rst).0, TC_ACT_OK);
-    let data = MapData::from_pin(lb.pins.join(MAP_CT4)).unwrap();
-    let ct: BpfHashMap<MapData, Ct4Key, Ct4Entry> =
-        BpfHashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
-    let key = |s: Endpoint, d: Endpoint| Ct4Key {
-        saddr: s.0,
-        daddr: d.0,
-        sport_be: s.1.to_be(),
-        dport_be: d.1.to_be(),
-        proto: PROTO_TCP,
-        pad: [0; 3],
-    };
-    let forward = ct.get(&key((CLIENT, 40020), (NODE, 30080)), 0).unwrap();
-    let reply = ct.get(&key((POD_A, 8080), (CLIENT, 40020)), 0).unwrap();
+    let ct = lb.ct4();
+    let forward = ct.get(&ct_key((CLIENT, 40020), (NODE, 30080)), 0).unwrap();
+    let reply = ct.get(&ct_key((POD_A, 8080), (CLIENT, 40020)), 0).unwrap();
     assert_eq!((forward.closing, reply.closing), (1, 1));
     // With a closing timeout of 0 the flow is over: a new SYN on the same
     // tuple is a new flow again (translated, not dropped or misrouted).
@@ -564,7 +595,7 @@ fn ipv6_node_ports_are_translated_and_extension_headers_left_alone() {
         },
     );
     state.slots.insert(
-        Lb4SlotKey {
+        LbSlotKey {
             service_id: 10,
             slot: 1,
         },
@@ -576,7 +607,7 @@ fn ipv6_node_ports_are_translated_and_extension_headers_left_alone() {
         proto: PROTO_TCP,
         scope: SCOPE_NODEPORT,
     };
-    let value = Lb4Service {
+    let value = LbService {
         service_id: 10,
         backend_count: 1,
         flags: 0,
@@ -670,4 +701,350 @@ fn read_icmp6(frame: &[u8]) -> ([u8; 16], [u8; 16], Endpoint6, Endpoint6) {
         (addr(&inner[8..]), port(&inner[40..])),
         (addr(&inner[24..]), port(&inner[42..])),
     )
+}
+
+/// Pins a plain BPF hash map of `max_entries` at `path`, for the agent to
+/// adopt in place of its conntrack map (it takes whatever is pinned under a
+/// map's name): unlike the LRU map, it refuses inserts once full, which is
+/// how a failed conntrack insert is made to happen on purpose.
+fn pin_small_hash(path: &std::path::Path, key_size: u32, value_size: u32, max_entries: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    /// The `BPF_MAP_CREATE` members of `union bpf_attr` (the rest zero).
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    /// The `BPF_OBJ_PIN` members.
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let create = MapCreate {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size,
+        value_size,
+        max_entries,
+        map_flags: 0,
+    };
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: both attributes are valid `bpf_attr` prefixes passed with their
+    // true sizes; the path outlives the call; the fd is closed once pinned.
+    #[allow(unsafe_code)]
+    unsafe {
+        let fd = libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &create as *const MapCreate,
+            std::mem::size_of::<MapCreate>(),
+        );
+        assert!(
+            fd >= 0,
+            "BPF_MAP_CREATE: {}",
+            std::io::Error::last_os_error()
+        );
+        let pin = ObjPin {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: fd as u32,
+            file_flags: 0,
+        };
+        let rc = libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin as *const ObjPin,
+            std::mem::size_of::<ObjPin>(),
+        );
+        assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+        libc::close(fd as i32);
+    }
+}
+
+#[test]
+fn a_conntrack_insert_that_fails_leaves_no_half_flow_and_no_claimed_port() {
+    if !privileged() {
+        return;
+    }
+    // Conntrack maps with room for one entry: a new flow needs two.
+    let lb = load_with(&config(), |pins| {
+        pin_small_hash(&pins.join(MAP_CT4), 16, 32, 1);
+        pin_small_hash(&pins.join(MAP_CT6), 40, 56, 1);
+    });
+    let ct = lb.ct4();
+
+    // To a remote backend: the SNAT port is claimed (the one free entry),
+    // then the forward entry does not fit. The claim must be taken back.
+    let (verdict, _) = lb.ingress(&packet(&tcp((CLIENT, 40100), (NODE, 30070))));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(lb.counter("conntrack_insert_failed"), 1);
+    assert_eq!(ct.keys().count(), 0, "the claimed SNAT port was given back");
+
+    // To a local backend, with the map full: the reply entry does not fit,
+    // so the flow is not translated half (its replies would leave untranslated).
+    let other = ct_key(([198, 18, 0, 1], 1), ([198, 18, 0, 2], 2));
+    let entry = Ct4Entry {
+        saddr: [198, 18, 0, 1],
+        daddr: [198, 18, 0, 2],
+        sport_be: 1u16.to_be(),
+        dport_be: 2u16.to_be(),
+        backend_id: 0,
+        last_seen_ns: u64::MAX / 2,
+        flags: 0,
+        closing: 0,
+        pad: [0; 6],
+    };
+    let mut full = lb.ct4();
+    full.insert(other, entry, 0).unwrap();
+    let (verdict, _) = lb.ingress(&packet(&tcp((CLIENT, 40101), (NODE, 30080))));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(lb.counter("conntrack_insert_failed"), 2);
+    let keys: Vec<Ct4Key> = ct.keys().map(Result::unwrap).collect();
+    assert_eq!(keys, vec![other], "nothing of the flow is left");
+
+    // IPv6, to a remote backend: the same.
+    let mut lb = lb;
+    let before = services();
+    let mut state = before.clone();
+    state.backends6.insert(
+        11,
+        Lb6Backend {
+            address: POD6_REMOTE,
+            port_be: 8080u16.to_be(),
+            proto: PROTO_TCP,
+            flags: 0,
+        },
+    );
+    add_service6(&mut state, 11, 30070, &[11]);
+    lb.maps.apply(&diff(&before, &state)).unwrap();
+    let (verdict, _) = lb.ingress(&packet6((CLIENT6, 40102), (NODE6, 30070), PROTO_TCP));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(lb.counter("conntrack_insert_failed"), 3);
+    assert_eq!(
+        lb.ct6().keys().count(),
+        0,
+        "the IPv6 SNAT port was given back"
+    );
+}
+
+const POD6_REMOTE: [u8; 16] = [0xfd, 0, 0, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+
+fn add_service6(s: &mut MapState, id: u32, port: u16, backends: &[u32]) {
+    for (i, b) in backends.iter().enumerate() {
+        s.slots.insert(
+            LbSlotKey {
+                service_id: id,
+                slot: i as u32 + 1,
+            },
+            *b,
+        );
+    }
+    let key = Lb6Key {
+        address: NODE6,
+        port_be: port.to_be(),
+        proto: PROTO_TCP,
+        scope: SCOPE_NODEPORT,
+    };
+    let value = LbService {
+        service_id: id,
+        backend_count: backends.len() as u16,
+        flags: 0,
+        affinity_timeout_s: 0,
+        maglev_size: 0,
+    };
+    s.services6.insert(key, value);
+}
+
+#[test]
+fn an_idle_snat_port_is_taken_over_and_a_live_one_never() {
+    if !privileged() {
+        return;
+    }
+    // One SNAT port only.
+    let one_port = Config {
+        snat_port_min: 61000,
+        snat_port_max: 61000,
+        ..config()
+    };
+    let lb = load_with(&one_port, |_| {});
+    let ct = lb.ct4();
+    let claimed_by = |client: Endpoint| {
+        let reply = ct_key((POD_REMOTE, 8080), (NODE, 61000));
+        ct.get(&reply, 0)
+            .ok()
+            .filter(|e| (e.daddr, u16::from_be(e.dport_be)) == client)
+    };
+    let first = (CLIENT, 40200);
+    let second = ([203, 0, 113, 3], 40201);
+    lb.ingress(&packet(&tcp(first, (NODE, 30070))));
+    assert!(claimed_by(first).is_some(), "the first flow has the port");
+    let forward = ct.get(&ct_key(first, (NODE, 30070)), 0).unwrap();
+    assert_eq!(
+        (forward.saddr, u16::from_be(forward.sport_be)),
+        (NODE, 61000)
+    );
+
+    // While the first flow lives, the port is not given to another.
+    let (verdict, _) = lb.ingress(&packet(&tcp(second, (NODE, 30070))));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(lb.counter("snat_ports_exhausted"), 1);
+    assert!(claimed_by(first).is_some(), "a live claim is never taken");
+
+    // Once it is over both ways (closed, with a closing timeout of 0 here),
+    // the next flow takes the port over.
+    let mut entries = lb.ct4();
+    let mut close = |key: Ct4Key| {
+        let mut e = entries.get(&key, 0).unwrap();
+        e.closing = 1;
+        entries.insert(key, e, 0).unwrap();
+    };
+    // Not while its forward direction still lives (one-way traffic).
+    close(ct_key((POD_REMOTE, 8080), (NODE, 61000)));
+    lb.ingress(&packet(&tcp(second, (NODE, 30070))));
+    assert!(claimed_by(first).is_some(), "the forward side still lives");
+    assert_eq!(lb.counter("snat_ports_exhausted"), 2);
+    close(ct_key(first, (NODE, 30070)));
+    lb.ingress(&packet(&tcp(second, (NODE, 30070))));
+    assert!(claimed_by(second).is_some(), "the idle port was taken over");
+    assert_eq!(lb.counter("snat_ports_exhausted"), 2);
+    let forward = ct.get(&ct_key(second, (NODE, 30070)), 0).unwrap();
+    assert_eq!(u16::from_be(forward.sport_be), 61000);
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the BPF side's `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn session_affinity_holds_when_another_cpu_stored_a_later_time() {
+    if !privileged() {
+        return;
+    }
+    let mut lb = load();
+    let before = services();
+    let mut state = before.clone();
+    add_service(&mut state, 5, 30091, PROTO_TCP, &[1, 3], SVC_AFFINITY);
+    lb.maps.apply(&diff(&before, &state)).unwrap();
+    let data = MapData::from_pin(lb.pins.join(MAP_LB_AFFINITY)).unwrap();
+    let mut affinity: BpfHashMap<MapData, LbAffinityKey, LbAffinity> =
+        BpfHashMap::try_from(aya::maps::Map::from_map_data(data).unwrap()).unwrap();
+    // Each client last used a backend (alternating), stamped by another CPU
+    // a moment ahead of the clock this one reads.
+    let later = monotonic_ns() + 5_000_000_000;
+    let clients: Vec<([u8; 4], u32)> = (0..12u8)
+        .map(|i| ([203, 0, 113, 10 + i], if i % 2 == 0 { 1 } else { 3 }))
+        .collect();
+    for (client, backend_id) in &clients {
+        let key = LbAffinityKey {
+            // As the tc program keys a client: its address, tagged.
+            netns_cookie: (1 << 63) | u64::from(u32::from_ne_bytes(*client)),
+            service_id: 5,
+            pad: 0,
+        };
+        let value = LbAffinity {
+            last_used_ns: later,
+            backend_id: *backend_id,
+            pad: 0,
+        };
+        affinity.insert(key, value, 0).unwrap();
+    }
+    for (client, backend_id) in &clients {
+        let (verdict, out) = lb.ingress(&packet(&tcp((*client, 40300), (NODE, 30091))));
+        assert_eq!(verdict, TC_ACT_OK);
+        let want = if *backend_id == 1 { POD_A } else { POD_B };
+        assert_eq!(
+            read(&out).1,
+            (want, 8080),
+            "client {client:?} kept its backend"
+        );
+    }
+}
+
+#[test]
+fn two_cpus_never_both_take_over_one_idle_snat_port() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    if !privileged() {
+        return;
+    }
+    // One SNAT port, held by a closed flow (idle at once: closing timeout 0);
+    // two new flows race for it from two threads, round after round. Exactly
+    // one may win each round: two would share the port, and the replies of
+    // one would reach the other's client.
+    let one_port = Config {
+        snat_port_min: 61000,
+        snat_port_max: 61000,
+        ..config()
+    };
+    let lb = load_with(&one_port, |_| {});
+    let fd = lb.programs.program_fd("pier_nodeport_ingress").unwrap();
+    let clients = [(CLIENT, 40400), ([203, 0, 113, 3], 40401)];
+    let [mine, theirs] = clients.map(|c| packet(&tcp(c, (NODE, 30070))));
+    let reply_key = ct_key((POD_REMOTE, 8080), (NODE, 61000));
+    let closed = Ct4Entry {
+        saddr: NODE,
+        daddr: [198, 18, 0, 1],
+        sport_be: 30070u16.to_be(),
+        dport_be: 1u16.to_be(),
+        backend_id: 4,
+        last_seen_ns: 1,
+        flags: CT_REPLY | CT_SNAT,
+        closing: 1,
+        pad: [0; 6],
+    };
+    let mut ct = lb.ct4();
+    // The round the other thread is to run (0: not yet; u64::MAX: stop),
+    // and the last round it finished. It spins, so both start together.
+    let (go, done) = (AtomicU64::new(0), AtomicU64::new(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut rounds = 0u64;
+    std::thread::scope(|scope| {
+        scope.spawn(|| loop {
+            let round = go.load(Ordering::Acquire);
+            if round == u64::MAX {
+                return;
+            }
+            if round > done.load(Ordering::Relaxed) {
+                test_run(fd, &theirs).unwrap();
+                done.store(round, Ordering::Release);
+            }
+            std::hint::spin_loop();
+        });
+        while std::time::Instant::now() < deadline && rounds < 20_000 {
+            rounds += 1;
+            for client in clients {
+                let _ = ct.remove(&ct_key(client, (NODE, 30070)));
+            }
+            ct.insert(reply_key, closed, 0).unwrap();
+            go.store(rounds, Ordering::Release);
+            test_run(fd, &mine).unwrap();
+            while done.load(Ordering::Acquire) < rounds {
+                std::hint::spin_loop();
+            }
+            let winners = clients
+                .iter()
+                .filter(|c| ct.get(&ct_key(**c, (NODE, 30070)), 0).is_ok())
+                .count();
+            if winners != 1 {
+                go.store(u64::MAX, Ordering::Release);
+                panic!("round {rounds}: {winners} flows got the one SNAT port");
+            }
+        }
+        go.store(u64::MAX, Ordering::Release);
+    });
+    eprintln!("{rounds} rounds, one winner each");
 }

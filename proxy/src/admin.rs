@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 pub struct Admin {
     pub shared: Arc<Shared>,
+    /// The controller's stream, when that is the source.
+    pub stream: Option<Arc<pier_stream::StreamStatus>>,
 }
 
 fn text(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -26,13 +28,28 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
             "/healthz" => text(200, "text/plain", b"ok\n".to_vec()),
-            "/readyz" if self.shared.ready() => text(200, "text/plain", b"ready\n".to_vec()),
-            "/readyz" => text(503, "text/plain", b"no snapshot loaded yet\n".to_vec()),
-            "/metrics" => text(
-                200,
-                "text/plain; version=0.0.4",
-                self.shared.metrics.render(),
-            ),
+            // Ready while a snapshot serves, even with the controller away;
+            // the detail says whether the stream is live.
+            "/readyz" => {
+                let detail = self.stream.as_ref().map(|s| s.describe());
+                let (status, head) = if self.shared.ready() {
+                    (200, "ready")
+                } else {
+                    (503, "no snapshot loaded yet")
+                };
+                let body = match detail {
+                    Some(d) => format!("{head}\n{d}\n"),
+                    None => format!("{head}\n"),
+                };
+                text(status, "text/plain", body.into_bytes())
+            }
+            "/metrics" => {
+                let mut body = self.shared.metrics.render();
+                if let Some(s) = &self.stream {
+                    body.extend_from_slice(s.render_metrics().as_bytes());
+                }
+                text(200, "text/plain; version=0.0.4", body)
+            }
             _ => text(404, "text/plain", b"not found\n".to_vec()),
         }
     }

@@ -16,9 +16,20 @@ pub struct Args {
     /// Folder of manifests to serve (standalone mode); watched for changes.
     #[arg(long, value_name = "DIR")]
     pub manifests: Option<PathBuf>,
-    /// The controller's snapshot stream (`pier-controller serve`), instead of --manifests.
-    #[arg(long, value_name = "ADDR", conflicts_with = "manifests")]
-    pub controller: Option<SocketAddr>,
+    #[command(flatten)]
+    pub stream: pier_stream::StreamClientArgs,
+    /// With --controller: a Gateway this proxy serves, `NAMESPACE/NAME`
+    /// (repeatable; none = every Gateway of pier's GatewayClass). The
+    /// controller sends only what these need, certificates included.
+    #[arg(long = "gateway", value_name = "NAMESPACE/NAME", value_parser = parse_gateway)]
+    pub gateways: Vec<String>,
+    /// With --controller: whether Ingresses of pier's IngressClass are served.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ingress: bool,
+    /// With --controller: this proxy's name in the controller's logs and metrics
+    /// (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Address of the admin endpoint (/healthz, /readyz, /metrics).
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: SocketAddr,
@@ -64,4 +75,33 @@ pub enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+}
+
+fn parse_gateway(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(s.to_string())
+        }
+        _ => Err(format!("gateway {s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+impl Args {
+    /// Who this proxy is on the snapshot stream.
+    pub fn subscriber(&self) -> pier_stream::Subscriber {
+        pier_stream::Subscriber::Proxy {
+            name: self.name.clone().unwrap_or_else(host_name),
+            scope: pier_stream::ProxyScope {
+                gateways: (!self.gateways.is_empty()).then(|| self.gateways.clone()),
+                ingress: self.ingress,
+            },
+        }
+    }
+}
+
+/// The kernel's host name (the pod name in Kubernetes).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -237,6 +237,22 @@ impl Balancer {
             .retain(|key, _| backend_keys.contains(key.as_str()));
     }
 
+    /// Forgets the given endpoints and backend sets (what a delta took away).
+    pub fn forget(&self, endpoints: &[SocketAddr], backend_keys: &[&str]) {
+        if !endpoints.is_empty() {
+            let mut stats = self.stats.write().unwrap_or_else(|e| e.into_inner());
+            for addr in endpoints {
+                stats.remove(addr);
+            }
+        }
+        if !backend_keys.is_empty() {
+            let mut cursors = self.cursors.write().unwrap_or_else(|e| e.into_inner());
+            for key in backend_keys {
+                cursors.remove(*key);
+            }
+        }
+    }
+
     pub fn connect_failed(&self, addr: SocketAddr) {
         let s = self.stats(addr);
         let failures = s.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;

@@ -155,7 +155,7 @@ async fn forward(shared: &Shared, route: &L4Route, session: Stream) -> Option<St
         return None;
     };
     let routing = shared.routing.load_full()?;
-    let set = routing.snapshot.backends.data.get(key)?;
+    let set = routing.backend(key)?;
     let mut tried = Vec::new();
     for _ in 0..2 {
         let (addr, _slot) = shared.balancer.pick(set, &tried)?;
@@ -194,6 +194,7 @@ impl ServerApp for L4Forwarder {
             .shared
             .routing
             .load_full()?
+            .routes
             .tcp
             .get(&self.port)
             .cloned();
@@ -253,7 +254,7 @@ impl TlsFront {
 
     fn action(&self, sni: &str) -> Option<TlsAction> {
         let routing = self.shared.routing.load_full()?;
-        let actions = routing.tls_actions.get(&self.port)?;
+        let actions = routing.routes.tls_actions.get(&self.port)?;
         actions.lookup(sni).map(|(_, a)| a.clone())
     }
 }

@@ -15,3 +15,20 @@ pub mod service;
 pub mod stream;
 pub mod tls;
 pub mod udp;
+
+/// An error and its sources, outermost first, joined by `: ` (for logs: a
+/// `Display` shows only the outermost).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // Some errors repeat their source in their own message.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

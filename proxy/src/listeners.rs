@@ -40,14 +40,7 @@ impl DynamicListeners {
         let Some(routing) = self.shared.routing.load_full() else {
             return Vec::new();
         };
-        let wanted: HashMap<u16, PortProtocol> = routing
-            .snapshot
-            .routes
-            .data
-            .listeners
-            .iter()
-            .map(|l| (l.port, l.protocol))
-            .collect();
+        let wanted: HashMap<u16, PortProtocol> = routing.routes.listeners.iter().copied().collect();
         let gone: Vec<u16> = running
             .iter()
             .filter(|(port, (protocol, _))| wanted.get(port) != Some(protocol))

@@ -10,7 +10,7 @@ use pier_proxy::listeners::DynamicListeners;
 use pier_proxy::routing::Shared;
 use pier_proxy::service::PierProxy;
 use pier_proxy::udp::UdpForwarder;
-use pier_snapshot::{PortProtocol, Snapshot};
+use pier_snapshot::{DeltaKeys, PortProtocol, Snapshot};
 use pier_translate::{translate, TranslateOptions};
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -87,15 +87,17 @@ fn serve_manifests(
     let snapshot = current.lock().expect("fresh mutex").clone();
     shared
         .install(snapshot.clone())
-        .map_err(|e| anyhow::anyhow!("the manifests do not make a valid snapshot: {}", e.0))?;
+        .context("the manifests do not make a valid snapshot")?;
     // Hot reload: every change of the folder becomes the next snapshot.
     let shared = shared.clone();
     let watcher = pier_manifests::watch_with_settle(dir, std::time::Duration::from_millis(args.reload_settle_ms), move |loaded| match loaded {
         Ok(state) => {
             let out = translate(&state, &options);
             let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
-            if !cur.advance(out.snapshot).is_empty() {
-                let _ = shared.install(cur.clone());
+            let diff = cur.advance(out.snapshot);
+            if !diff.is_empty() {
+                // Only what changed is rebuilt: endpoint churn keeps the route table.
+                let _ = shared.apply(&cur, Some(&DeltaKeys::from(&diff)));
             }
         }
         Err(errors) => {
@@ -119,26 +121,32 @@ fn run(args: Args) -> Result<()> {
         l4_idle_timeout: std::time::Duration::from_secs(args.l4_idle_timeout),
         ..Shared::default()
     });
-    let (snapshot, watcher) = match (&args.manifests, args.controller) {
+    let stream_config = args
+        .stream
+        .follower_config(args.subscriber())
+        .context("snapshot stream")?;
+    let (snapshot, watcher, stream) = match (&args.manifests, stream_config) {
         (Some(dir), None) => {
             let (snapshot, watcher) = serve_manifests(&args, dir, &shared)?;
-            (snapshot, Some(watcher))
+            (snapshot, Some(watcher), None)
         }
-        (None, Some(addr)) => {
-            // Listener ports come from the first snapshot: wait for it.
-            let (first, stream) = pier_proxy::stream::fetch_full_retrying(addr);
-            shared
-                .install(first.clone())
-                .map_err(|e| anyhow::anyhow!("the controller's snapshot is not valid: {}", e.0))?;
-            let follower = shared.clone();
-            let base = first.clone();
-            std::thread::Builder::new()
-                .name("pier-snapshot-stream".into())
-                .spawn(move || pier_proxy::stream::follow(addr, follower, stream, base))
+        (None, Some(config)) => {
+            let status = pier_proxy::stream::follow(config, shared.clone())
                 .context("starting the stream thread")?;
-            (first, None)
+            // Listener ports come from the first snapshot (the state dir's,
+            // or the controller's): wait for one.
+            while !status.wait_installed(std::time::Duration::from_secs(10)) {
+                tracing::warn!(detail = %status.describe(), "waiting for a first snapshot");
+            }
+            let first = shared
+                .routing
+                .load()
+                .as_ref()
+                .map(|r| r.listeners_snapshot())
+                .unwrap_or_else(Snapshot::empty);
+            (first, None, Some(status))
         }
-        _ => bail!("give exactly one snapshot source: --manifests DIR or --controller ADDR"),
+        _ => bail!("give exactly one snapshot source: --manifests DIR or --controller HOST:PORT"),
     };
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&args));
@@ -167,7 +175,8 @@ fn run(args: Args) -> Result<()> {
             max_header_bytes: args.max_header_bytes,
         },
     ));
-    // Ports come from the first snapshot; routes on them hot-swap, new ports need a restart.
+    // Ports of the first snapshot are bound here; ports later snapshots add are
+    // bound by DynamicListeners, and routes on every port hot-swap.
     let mut l4_services = Vec::new();
     let mut tls_services = Vec::new();
     let mut udp_services = Vec::new();
@@ -236,6 +245,7 @@ fn run(args: Args) -> Result<()> {
         "pier-proxy admin".into(),
         HttpServer::new_app(Admin {
             shared: shared.clone(),
+            stream,
         }),
     );
     admin.add_tcp(&args.admin.to_string());

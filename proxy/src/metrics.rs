@@ -16,6 +16,9 @@ pub struct Metrics {
     pub routes_version: IntGauge,
     pub backends_version: IntGauge,
     pub pending_listeners: IntGauge,
+    pub route_table_builds: IntCounter,
+    pub certificates_parsed: IntCounter,
+    pub apply_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -73,6 +76,25 @@ impl Metrics {
             "Version of the backends part in use",
         )
         .expect("metric");
+        let route_table_builds = IntCounter::new(
+            "pier_proxy_route_table_builds_total",
+            "Route tables built (a full snapshot or a routes change; endpoint churn builds none)",
+        )
+        .expect("metric");
+        let certificates_parsed = IntCounter::new(
+            "pier_proxy_certificates_parsed_total",
+            "Certificates parsed from PEM (a delta parses only the certificates it changed)",
+        )
+        .expect("metric");
+        let apply_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pier_proxy_snapshot_apply_seconds",
+                "Time to build and swap in a snapshot, full or from a delta",
+            )
+            .buckets(vec![0.00001, 0.0001, 0.001, 0.01, 0.1, 1.0, 10.0]),
+            &["kind"],
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
@@ -83,6 +105,9 @@ impl Metrics {
             Box::new(routes_version.clone()),
             Box::new(backends_version.clone()),
             Box::new(pending_listeners.clone()),
+            Box::new(route_table_builds.clone()),
+            Box::new(certificates_parsed.clone()),
+            Box::new(apply_duration.clone()),
         ] {
             registry.register(c).expect("unique metric names");
         }
@@ -97,6 +122,9 @@ impl Metrics {
             routes_version,
             backends_version,
             pending_listeners,
+            route_table_builds,
+            certificates_parsed,
+            apply_duration,
         }
     }
 

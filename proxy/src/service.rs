@@ -8,16 +8,16 @@ use crate::routing::{Routing, Shared};
 use crate::tls::ServerName;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pier_route_table::{HeaderLookup, RequestInfo, Selection};
+use pier_route_table::{split_host_port, HeaderLookup, RequestInfo, Selection};
 use pier_snapshot::{
     AppProtocol, BackendRef, CorsPolicy, HashOn, HeaderEdits, HttpFilter, HttpFilterRef,
-    HttpRouteEntry, LoadBalancing, PathMatch, PathRewrite, Redirect, RouteAction,
+    HttpRouteEntry, LoadBalancing, PathMatch, PathRewrite, Redirect, RouteAction, UpstreamProtocol,
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::{HttpPeer, Peer};
-use pingora::ErrorType;
+use pingora::{ErrorSource, ErrorType};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +58,82 @@ pub struct RequestCtx {
     deadline: Option<Instant>,
     /// Mirrors waiting for the request body.
     mirrors: Vec<tokio::sync::mpsc::Sender<MirrorChunk>>,
+    /// Why the proxy answered by itself, for the access log.
+    failure: Option<Failure>,
+}
+
+/// Why the proxy answered a request itself instead of relaying a backend's
+/// answer. The access log shows it (with its source) as `cause`.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    NotRouted(&'static str),
+    #[error("no backendRef has a positive weight")]
+    NoWeightedBackend,
+    #[error("backendRef not resolved: {0}")]
+    UnresolvedBackend(String),
+    #[error("the request reached the upstream phase without a route")]
+    NoRoute,
+    #[error("backend set {0} is not in the snapshot")]
+    MissingBackendSet(String),
+    #[error("no usable endpoint in backend set {0}")]
+    NoEndpoint(String),
+    #[error("no other endpoint of backend set {0} to retry on")]
+    NoRetryEndpoint(String),
+    #[error("cannot resolve ExternalName {name}")]
+    Resolve {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ExternalName {name} resolved to no address")]
+    NoAddress { name: String },
+    #[error("the rewritten path {uri:?} is not a valid URI")]
+    Rewrite {
+        uri: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("the normalised path {uri:?} is not a valid URI")]
+    Normalized {
+        uri: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+}
+
+impl Failure {
+    /// The pingora error that makes `fail_to_proxy` answer with the right
+    /// status, carrying this failure as its cause.
+    fn into_error(self) -> Box<Error> {
+        let etype = match &self {
+            Failure::NotRouted(_) => ErrorType::HTTPStatus(404),
+            Failure::NoEndpoint(_) => ErrorType::HTTPStatus(503),
+            // A retry after a failed connect with nowhere else to go: the
+            // answer is about the failed connect (502), not 503.
+            Failure::NoRetryEndpoint(_) => ErrorType::ConnectRefused,
+            Failure::Resolve { .. } | Failure::NoAddress { .. } => ErrorType::ConnectNoRoute,
+            Failure::Normalized { .. } => ErrorType::HTTPStatus(400),
+            Failure::NoWeightedBackend
+            | Failure::UnresolvedBackend(_)
+            | Failure::NoRoute
+            | Failure::MissingBackendSet(_)
+            | Failure::Rewrite { .. } => ErrorType::HTTPStatus(500),
+        };
+        Error::create(etype, ErrorSource::Internal, None, Some(Box::new(self)))
+    }
+}
+
+/// A pingora error with every cause down to the root's own sources.
+fn describe(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.root_cause().source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn request_timed_out() -> Box<Error> {
@@ -223,22 +299,6 @@ fn normalize_path(path: &str) -> Option<String> {
     Some(format!("/{}", out.join("/")))
 }
 
-/// `host[:port]` (IPv6 literals in brackets) → host and port.
-fn split_host_port(host: &str) -> (String, Option<u16>) {
-    let port_at = if host.starts_with('[') {
-        host.find("]:").map(|i| i + 1)
-    } else {
-        host.rfind(':')
-    };
-    match port_at {
-        Some(i) => match host[i + 1..].parse::<u16>() {
-            Ok(p) => (host[..i].to_string(), Some(p)),
-            Err(_) => (host.to_string(), None),
-        },
-        None => (host.to_string(), None),
-    }
-}
-
 fn redirect_location(
     r: &Redirect,
     entry: &HttpRouteEntry,
@@ -252,8 +312,14 @@ fn redirect_location(
         .scheme
         .clone()
         .unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
-    let (req_host, _) = split_host_port(host);
-    let hostname = r.hostname.clone().unwrap_or(req_host);
+    let hostname = match &r.hostname {
+        Some(h) => h.clone(),
+        None => match split_host_port(host).map_or(host, |(h, _)| h) {
+            // An IPv6 literal goes back into brackets in a URL.
+            h if h.contains(':') => format!("[{h}]"),
+            h => h.to_string(),
+        },
+    };
     // Per spec: an explicit port wins; a scheme change means that scheme's
     // well-known port; otherwise the listener's port. Default ports are never written.
     let port = match (r.port, &r.scheme) {
@@ -387,7 +453,7 @@ impl PierProxy {
             if crate::balancer::random(1_000_000) >= u64::from(*fraction_ppm) {
                 continue;
             }
-            let Some(set) = routing.snapshot.backends.data.get(key) else {
+            let Some(set) = routing.backend(key) else {
                 continue;
             };
             if let Some((addr, _slot)) = self.shared.balancer.pick(set, &[]) {
@@ -409,7 +475,7 @@ impl PierProxy {
     fn choose_endpoint(&self, session: &Session, ctx: &mut RequestCtx) -> Option<SocketAddr> {
         let routing = ctx.routing.clone()?;
         let key = ctx.backend_key.as_ref()?;
-        let set = routing.snapshot.backends.data.get(key)?;
+        let set = routing.backend(key)?;
         let choice = match &set.load_balancing {
             LoadBalancing::LeastRequest => Choice::LeastRequest,
             LoadBalancing::RoundRobin => Choice::RoundRobin(key),
@@ -472,6 +538,7 @@ impl ProxyHttp for PierProxy {
             status_hint: None,
             deadline: None,
             mirrors: Vec::new(),
+            failure: None,
         }
     }
 
@@ -538,7 +605,7 @@ impl ProxyHttp for PierProxy {
             }
         }
         // Route in a block: the header view must not live across an await.
-        let selected: Result<Arc<HttpRouteEntry>, u16> = {
+        let selected: Result<Arc<HttpRouteEntry>, (u16, &'static str)> = {
             let lookup = HeaderMapLookup(&req.headers);
             let info = RequestInfo {
                 port,
@@ -549,17 +616,22 @@ impl ProxyHttp for PierProxy {
                 query: query.as_deref(),
                 headers: &lookup,
             };
-            match routing.table.select(&info) {
+            match routing.routes.table.select(&info) {
                 Selection::Route(entry) => Ok(entry.clone()),
-                Selection::Misdirected => Err(421),
-                Selection::NoListener | Selection::UnknownSni | Selection::NotFound => Err(404),
+                Selection::Misdirected => {
+                    Err((421, "the Host is not one the TLS server name covers"))
+                }
+                Selection::NoListener => Err((404, "no HTTP listener on the port")),
+                Selection::UnknownSni => Err((404, "no HTTPS listener for the TLS server name")),
+                Selection::NotFound => Err((404, "no route matched")),
             }
         };
         ctx.host = host.clone();
         ctx.normalized_path = normalized;
         let entry = match selected {
             Ok(entry) => entry,
-            Err(421) => {
+            Err((421, why)) => {
+                ctx.failure = Some(Failure::NotRouted(why));
                 respond(
                     session,
                     421,
@@ -570,7 +642,8 @@ impl ProxyHttp for PierProxy {
                 ctx.status_hint = Some(421);
                 return Ok(true);
             }
-            Err(code) => {
+            Err((code, why)) => {
+                ctx.failure = Some(Failure::NotRouted(why));
                 respond(session, code, &[], "no route\n").await?;
                 ctx.status_hint = Some(code);
                 return Ok(true);
@@ -632,6 +705,7 @@ impl ProxyHttp for PierProxy {
             }
             RouteAction::Forward(backends) => {
                 let Some(i) = pick_weighted(backends) else {
+                    ctx.failure = Some(Failure::NoWeightedBackend);
                     respond(session, 500, &[], "no backend\n").await?;
                     ctx.status_hint = Some(500);
                     return Ok(true);
@@ -639,7 +713,7 @@ impl ProxyHttp for PierProxy {
                 ctx.backend_index = i;
                 match &backends[i].backend {
                     BackendRef::Unresolved(why) => {
-                        tracing::debug!(reason = %why, "backendRef unresolved: 500");
+                        ctx.failure = Some(Failure::UnresolvedBackend(why.clone()));
                         respond(session, 500, &[], "backend not resolved\n").await?;
                         ctx.status_hint = Some(500);
                         Ok(true)
@@ -683,44 +757,48 @@ impl ProxyHttp for PierProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let key = ctx
+            .backend_key
+            .clone()
+            .ok_or_else(|| Failure::NoRoute.into_error())?;
         let (protocol, external) = {
-            let routing = ctx.routing.as_ref().ok_or_else(|| error(500))?;
-            let set = ctx
-                .backend_key
+            let routing = ctx
+                .routing
                 .as_ref()
-                .and_then(|k| routing.snapshot.backends.data.get(k))
-                .ok_or_else(|| error(500))?;
+                .ok_or_else(|| Failure::NoRoute.into_error())?;
+            let set = routing
+                .backend(&key)
+                .ok_or_else(|| Failure::MissingBackendSet(key.clone()).into_error())?;
             (
                 set.protocol,
                 set.external_name.clone().map(|n| (n, set.port)),
             )
         };
         let addr = match external {
-            Some((name, port)) => tokio::net::lookup_host((name.as_str(), port))
-                .await
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| {
-                    Error::explain(ErrorType::ConnectNoRoute, format!("cannot resolve {name}"))
-                })?,
+            Some((name, port)) => {
+                let found = tokio::net::lookup_host((name.as_str(), port)).await;
+                match found.map(|mut addrs| addrs.next()) {
+                    Ok(Some(addr)) => addr,
+                    Ok(None) => return Err(Failure::NoAddress { name }.into_error()),
+                    Err(source) => return Err(Failure::Resolve { name, source }.into_error()),
+                }
+            }
             None => match self.choose_endpoint(_session, ctx) {
                 Some(addr) => addr,
-                // Retrying after a failed connect with nowhere else to go: the
-                // answer is about the failed connect (502), not 503.
                 None if !ctx.failed.is_empty() => {
-                    return Err(Error::explain(
-                        ErrorType::ConnectRefused,
-                        "no other endpoint to retry on",
-                    ))
+                    return Err(Failure::NoRetryEndpoint(key).into_error())
                 }
-                None => return Err(error(503)),
+                None => return Err(Failure::NoEndpoint(key).into_error()),
             },
         };
-        let entry = ctx.entry.as_ref().ok_or_else(|| error(500))?;
+        let entry = ctx
+            .entry
+            .as_ref()
+            .ok_or_else(|| Failure::NoRoute.into_error())?;
         let tls = protocol == AppProtocol::Https;
-        let sni = ctx
-            .host
-            .rsplit_once(':')
+        // The Host without its port (and an IPv6 literal without brackets:
+        // rustls sends no SNI for an IP address).
+        let sni = split_host_port(&ctx.host)
             .map_or(ctx.host.as_str(), |(h, _)| h)
             .to_string();
         let mut peer = HttpPeer::new(addr, tls, sni);
@@ -748,9 +826,8 @@ impl ProxyHttp for PierProxy {
         // No BackendTLSPolicy yet: in-cluster HTTPS backends use self-signed certificates.
         peer.options.verify_cert = false;
         peer.options.verify_hostname = false;
-        let grpc = entry.source.kind == "GRPCRoute";
-        // gRPC needs HTTP/2 whatever the appProtocol says; h2c when not TLS.
-        if protocol == AppProtocol::H2c || grpc {
+        // h2c when not TLS.
+        if protocol == AppProtocol::H2c || entry.upstream == UpstreamProtocol::Http2 {
             peer.options.set_http_version(2, 2);
         }
         Ok(Box::new(peer))
@@ -762,13 +839,19 @@ impl ProxyHttp for PierProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let entry = ctx.entry.clone().ok_or_else(|| error(500))?;
+        let entry = ctx
+            .entry
+            .clone()
+            .ok_or_else(|| Failure::NoRoute.into_error())?;
         if let Some(normalized) = ctx.normalized_path.clone() {
             let pq = match upstream.uri.query() {
                 Some(q) => format!("{normalized}?{q}"),
                 None => normalized,
             };
-            upstream.set_uri(pq.parse().map_err(|_| error(400))?);
+            let uri = pq
+                .parse()
+                .map_err(|source| Failure::Normalized { uri: pq, source }.into_error())?;
+            upstream.set_uri(uri);
         }
         let path = upstream.uri.path().to_string();
         for filter in &entry.filters {
@@ -787,7 +870,9 @@ impl ProxyHttp for PierProxy {
                             Some(q) => format!("{new_path}?{q}"),
                             None => new_path,
                         };
-                        let uri: http::Uri = pq.parse().map_err(|_| error(500))?;
+                        let uri: http::Uri = pq
+                            .parse()
+                            .map_err(|source| Failure::Rewrite { uri: pq, source }.into_error())?;
                         upstream.set_uri(uri);
                     }
                 }
@@ -985,7 +1070,8 @@ impl ProxyHttp for PierProxy {
             route = %route,
             upstream = ?ctx.tried.last(),
             duration_us = elapsed.as_micros() as u64,
-            error = e.map(|e| e.to_string()),
+            cause = ctx.failure.as_ref().map(|f| crate::error_chain(f)),
+            error = e.map(describe),
         );
     }
 }
@@ -1039,6 +1125,7 @@ mod tests {
                 reason: String::new(),
             },
             timeouts: Default::default(),
+            upstream: UpstreamProtocol::FromBackend,
         };
         let r = Redirect {
             status: 302,
@@ -1060,6 +1147,11 @@ mod tests {
         assert_eq!(
             redirect_location(&r, &entry, false, 8080, "example.com:8080", "/p", None),
             "https://example.com/p"
+        );
+        // An IPv6 literal Host keeps its brackets in the Location.
+        assert_eq!(
+            redirect_location(&r, &entry, false, 8080, "[::1]:8080", "/p", None),
+            "https://[::1]/p"
         );
     }
 

@@ -1,35 +1,14 @@
 //! The controller's snapshot stream as the proxy's source (see
-//! `pier_snapshot::stream`): the proxy keeps serving its last snapshot while
-//! the controller is away.
+//! `pier_stream::follower`): the proxy keeps serving its last snapshot while
+//! the controller is away, and starts from its state dir when it has one.
 
 use crate::routing::Shared;
-use pier_snapshot::Snapshot;
-use std::net::{SocketAddr, TcpStream};
+use pier_stream::{FollowerConfig, StreamStatus};
 use std::sync::Arc;
-use std::time::Duration;
 
-fn connect(addr: SocketAddr) -> impl FnMut() -> std::io::Result<TcpStream> {
-    move || TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-}
-
-fn warn(addr: SocketAddr) -> impl FnMut(&str) {
-    move |e| tracing::warn!(controller = %addr, error = %e, "snapshot stream")
-}
-
-/// Waits until the controller answers with a full snapshot.
-pub fn fetch_full_retrying(addr: SocketAddr) -> (Snapshot, TcpStream) {
-    pier_snapshot::stream::first_snapshot(&mut connect(addr), &mut warn(addr))
-}
-
-/// Applies the stream to `shared` forever (run it on its own thread).
-pub fn follow(addr: SocketAddr, shared: Arc<Shared>, stream: TcpStream, base: Snapshot) {
-    pier_snapshot::stream::follow(
-        connect(addr),
-        |s, _| {
-            let _ = shared.install(s.clone());
-        },
-        warn(addr),
-        base,
-        stream,
-    )
+/// Follows the stream on its own thread, installing every snapshot into `shared`.
+pub fn follow(config: FollowerConfig, shared: Arc<Shared>) -> std::io::Result<Arc<StreamStatus>> {
+    pier_stream::spawn_follower(config, move |snapshot, changed| {
+        let _ = shared.apply(snapshot, changed);
+    })
 }

@@ -9,23 +9,41 @@ use rustls::sign::CertifiedKey;
 use std::any::Any;
 use std::sync::Arc;
 
-/// Parses a PEM chain and key into a rustls certified key. Error messages
-/// never include key material.
-pub fn load_certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+/// Why a certificate could not be loaded. Never carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error("unreadable certificate PEM")]
+    CertificatePem(#[source] std::io::Error),
+    #[error("no certificate in PEM")]
+    NoCertificate,
+    #[error("unreadable private key PEM")]
+    KeyPem(#[source] std::io::Error),
+    #[error("no private key in PEM")]
+    NoKey,
+    #[error("unsupported private key type")]
+    KeyType(#[source] rustls::Error),
+    #[error("private key does not match the certificate")]
+    Mismatch(#[source] rustls::Error),
+}
+
+/// Parses a PEM chain and key into a rustls certified key.
+pub fn load_certified_key(
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<CertifiedKey, CertificateError> {
     let chain: Vec<_> = rustls_pemfile::certs(&mut chain_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("unreadable certificate PEM: {e}"))?;
+        .map_err(CertificateError::CertificatePem)?;
     if chain.is_empty() {
-        return Err("no certificate in PEM".into());
+        return Err(CertificateError::NoCertificate);
     }
     let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .map_err(|_| "unreadable private key PEM".to_string())?
-        .ok_or_else(|| "no private key in PEM".to_string())?;
-    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|_| "unsupported private key type".to_string())?;
+        .map_err(CertificateError::KeyPem)?
+        .ok_or(CertificateError::NoKey)?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(CertificateError::KeyType)?;
     let ck = CertifiedKey::new(chain, signer);
-    ck.keys_match()
-        .map_err(|_| "private key does not match the certificate".to_string())?;
+    ck.keys_match().map_err(CertificateError::Mismatch)?;
     Ok(ck)
 }
 
@@ -45,7 +63,7 @@ impl std::fmt::Debug for Shared {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let routing = self.shared.routing.load_full()?;
-        let map = routing.sni.get(&self.port)?;
+        let map = routing.tls.sni.get(&self.port)?;
         let name = hello.server_name().unwrap_or("").to_ascii_lowercase();
         map.lookup(&name)
             .and_then(|(_, certs)| certs.first().cloned())

@@ -31,12 +31,12 @@ impl UdpForwarder {
     /// A connected socket to an endpoint of the port's UDPRoute, or None.
     async fn open_flow(&self) -> Option<Arc<UdpSocket>> {
         let routing = self.shared.routing.load_full()?;
-        let route = routing.udp.get(&self.listen.port())?;
+        let route = routing.routes.udp.get(&self.listen.port())?;
         let i = pick_weighted(&route.backends)?;
         let BackendRef::Service(key) = &route.backends[i].backend else {
             return None;
         };
-        let set = routing.snapshot.backends.data.get(key)?;
+        let set = routing.backend(key)?;
         let (addr, _slot) = self.shared.balancer.pick(set, &[])?;
         let bind: SocketAddr = if addr.is_ipv4() {
             ([0, 0, 0, 0], 0).into()

@@ -170,7 +170,7 @@ async fn answers_500_503_502_504_and_413_per_spec() {
         service("closed", closed, None),
         service("silent", silent_port, None),
     );
-    let _proxy = Proxy::start(&manifests, &[port], &["--max-body-bytes", "1024"]);
+    let proxy = Proxy::start(&manifests, &[port], &["--max-body-bytes", "1024"]);
     assert_eq!(get(port, "x.test", "/missing").await.status(), 500);
     assert_eq!(get(port, "x.test", "/empty").await.status(), 503);
     assert_eq!(get(port, "x.test", "/refused").await.status(), 502);
@@ -193,6 +193,23 @@ async fn answers_500_503_502_504_and_413_per_spec() {
     assert_eq!(small.status(), 200);
     assert_eq!(echoed(&small.text().await.unwrap())["body_bytes"], 100);
     drop(silent);
+    // Each answer the proxy made itself says why in the access log (written
+    // after the response: poll).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for cause in [
+        "backendRef not resolved",
+        "no usable endpoint in backend set default/empty:80",
+        "no other endpoint of backend set default/closed:80 to retry on",
+    ] {
+        while !proxy.logs().contains(cause) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the access log does not say {cause:?}:\n{}",
+                proxy.logs()
+            );
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

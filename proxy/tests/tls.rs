@@ -141,4 +141,14 @@ async fn https_backends_are_reached_over_tls() {
         .map(|h| h[1].as_str().unwrap())
         .collect();
     assert_eq!(protos, vec!["https"], "{seen}");
+    // An IPv6 literal Host: the upstream SNI is the address without brackets
+    // (so none is sent), not a broken name cut at the first colon.
+    let resp = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{front_port}/v6"))
+        .header("host", format!("[::1]:{front_port}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(echoed(&resp.text().await.unwrap())["path"], "/v6");
 }

@@ -4,10 +4,12 @@
 //! are errors that name the file and line, so a typo never silently drops a
 //! route. [`watch`] re-reads the folder when a file changes.
 
+mod follow;
 mod strict;
 mod watch;
 
-pub use watch::{watch, watch_with_settle};
+pub use follow::{follow_dir, FollowError, Update};
+pub use watch::{watch, watch_with_settle, SETTLE};
 
 use pier_translate::ClusterState;
 use serde::de::DeserializeOwned;

@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Editors write files in several steps; wait for this much quiet before reloading.
-const SETTLE: Duration = Duration::from_millis(100);
+/// Default quiet time after a change before the folder is reloaded.
+pub const SETTLE: Duration = Duration::from_millis(100);
 
 /// Calls `on_change` with a fresh load of `dir` after every burst of changes.
 /// The returned watcher stops watching when dropped.

@@ -93,9 +93,7 @@ impl std::fmt::Display for RouteSource {
     }
 }
 
-/// One route match. Entries whose `source.kind` is `GRPCRoute` must reach
-/// their backends over HTTP/2 (h2c, or TLS when the backend set is `Https`),
-/// whatever the Service port's appProtocol says: gRPC needs HTTP/2.
+/// One route match.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HttpRouteEntry {
     pub source: RouteSource,
@@ -104,6 +102,19 @@ pub struct HttpRouteEntry {
     pub filters: Vec<HttpFilter>,
     pub action: RouteAction,
     pub timeouts: Timeouts,
+    /// The HTTP version this entry's requests reach their backends with.
+    pub upstream: UpstreamProtocol,
+}
+
+/// How a route entry talks HTTP to its backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpstreamProtocol {
+    /// What the backend set's appProtocol says (HTTP/1.1, h2c, TLS).
+    #[default]
+    FromBackend,
+    /// HTTP/2 whatever the appProtocol says (h2c, or over TLS when the
+    /// backend set is `Https`): gRPC needs HTTP/2 (GRPCRoute entries).
+    Http2,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

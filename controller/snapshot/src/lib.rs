@@ -13,7 +13,6 @@ mod diff;
 mod l7;
 mod policies;
 mod services;
-pub mod stream;
 mod validate;
 mod wire;
 
@@ -30,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Bumped whenever a change to these types would make an old reader misread a new snapshot.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Identifies a backend set: `namespace/service:port` (the Service port number).
 pub type BackendKey = String;

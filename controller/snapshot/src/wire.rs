@@ -4,8 +4,8 @@
 //! refuses a frame of another schema version rather than misreading it.
 
 use crate::{
-    diff_maps, BackendSet, Certificate, L4Service, PoliciesPart, RoutesPart, Snapshot, Versioned,
-    SCHEMA_VERSION,
+    diff_maps, BackendSet, Certificate, KeyChanges, L4Service, PoliciesPart, RoutesPart, Snapshot,
+    SnapshotDiff, Versioned, SCHEMA_VERSION,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -156,12 +156,30 @@ pub fn apply_delta(base: &Snapshot, delta: Delta) -> Result<Snapshot, WireError>
     Ok(next)
 }
 
-/// The keys a delta touches in the keyed parts: what a data plane that keeps
-/// per-key state has to look at again.
+/// What a delta touches: the keys of the keyed parts, and whether each
+/// replaced part moved. A data plane that keeps per-part or per-key state
+/// rebuilds only what is named here (endpoint churn never rebuilds routes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeltaKeys {
+    /// The routes part (listeners, L7 and L4 routes) was replaced.
+    pub routes: bool,
+    /// The policies part was replaced.
+    pub policies: bool,
     pub services: Vec<String>,
     pub backends: Vec<String>,
+    /// Certificates added, changed or removed.
+    pub certificates: Vec<String>,
+}
+
+impl DeltaKeys {
+    /// Nothing the delta names changed.
+    pub fn is_empty(&self) -> bool {
+        !self.routes
+            && !self.policies
+            && self.services.is_empty()
+            && self.backends.is_empty()
+            && self.certificates.is_empty()
+    }
 }
 
 impl Delta {
@@ -172,8 +190,33 @@ impl Delta {
                 .collect()
         }
         DeltaKeys {
+            routes: self.routes.is_some(),
+            policies: self.policies.is_some(),
             services: keys_of(&self.services),
             backends: keys_of(&self.backends),
+            certificates: keys_of(&self.certificates),
+        }
+    }
+}
+
+/// The same account from a [`SnapshotDiff`], for producers that compare two
+/// snapshots instead of reading a delta (the standalone manifest reload).
+impl From<&SnapshotDiff> for DeltaKeys {
+    fn from(diff: &SnapshotDiff) -> Self {
+        fn keys_of(c: &KeyChanges<String>) -> Vec<String> {
+            c.added
+                .iter()
+                .chain(&c.changed)
+                .chain(&c.removed)
+                .cloned()
+                .collect()
+        }
+        DeltaKeys {
+            routes: diff.routes_changed(),
+            policies: diff.policies_changed,
+            services: keys_of(&diff.services),
+            backends: keys_of(&diff.backends),
+            certificates: keys_of(&diff.certificates),
         }
     }
 }
@@ -222,38 +265,4 @@ pub fn decode_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
 
 pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("postcard encoding into a Vec")
-}
-
-/// Largest frame a reader accepts (a full snapshot of a large cluster fits).
-pub const MAX_FRAME: usize = 256 * 1024 * 1024;
-
-/// Writes one length-prefixed frame (u32 little-endian length, then the bytes).
-pub fn write_frame(out: &mut impl std::io::Write, message: &Message) -> std::io::Result<()> {
-    let bytes = encode(message);
-    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    out.write_all(&len.to_le_bytes())?;
-    out.write_all(&bytes)?;
-    out.flush()
-}
-
-/// Reads one length-prefixed frame. `Ok(None)` at a clean end of stream.
-pub fn read_frame(input: &mut impl std::io::Read) -> std::io::Result<Option<Message>> {
-    let mut len = [0u8; 4];
-    match input.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes exceeds {MAX_FRAME}"),
-        ));
-    }
-    let mut bytes = vec![0u8; len];
-    input.read_exact(&mut bytes)?;
-    decode(&bytes)
-        .map(Some)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
 }

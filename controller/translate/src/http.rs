@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_snapshot::{
     BackendRef, CorsPolicy, HeaderEdits, HttpFilter, HttpFilterRef, HttpRouteEntry, PathMatch,
     PathRewrite, Redirect, RequestMatch, RouteAction, RouteSource, Timeouts, ValueMatch,
-    ValueMatchKind, WeightedBackend,
+    UpstreamProtocol, ValueMatchKind, WeightedBackend,
 };
 use std::collections::BTreeMap;
 
@@ -568,6 +568,7 @@ type PreparedRule<'r> = (
 fn compile_rules(
     index: &Index<'_>,
     kind: &str,
+    upstream: UpstreamProtocol,
     meta: &ObjectMeta,
     rules: &[PreparedRule<'_>],
 ) -> CompiledRoute {
@@ -634,6 +635,7 @@ fn compile_rules(
                     filters: rf.filters.clone(),
                     action: action.clone(),
                     timeouts: timeouts.clone(),
+                    upstream,
                 },
             });
         }
@@ -827,7 +829,13 @@ pub(crate) fn attach_http_routes(
                         )
                     })
                     .collect();
-                compile_rules(index, "HTTPRoute", &route.metadata, &prepared)
+                compile_rules(
+                    index,
+                    "HTTPRoute",
+                    UpstreamProtocol::FromBackend,
+                    &route.metadata,
+                    &prepared,
+                )
             },
         );
     }
@@ -897,7 +905,14 @@ pub(crate) fn attach_http_routes(
                         )
                     })
                     .collect();
-                compile_rules(index, "GRPCRoute", &route.metadata, &prepared)
+                compile_rules(
+                    index,
+                    "GRPCRoute",
+                    // gRPC needs HTTP/2 whatever the Service port's appProtocol says.
+                    UpstreamProtocol::Http2,
+                    &route.metadata,
+                    &prepared,
+                )
             },
         );
     }

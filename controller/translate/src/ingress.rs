@@ -16,7 +16,7 @@ use crate::{TranslateOptions, Translation, INGRESS_CONTROLLER_NAME};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use pier_snapshot::{
     BackendRef, HttpRouteEntry, PathMatch, PortProtocol, RequestMatch, RouteAction, RouteSource,
-    SniAction, Timeouts, WeightedBackend,
+    SniAction, Timeouts, UpstreamProtocol, WeightedBackend,
 };
 
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
@@ -271,6 +271,7 @@ pub(crate) fn translate_ingresses(
                     filters: Vec::new(),
                     action: action_for(index, ingress, &path.backend, &mut out.warnings),
                     timeouts: Timeouts::default(),
+                    upstream: UpstreamProtocol::FromBackend,
                 };
                 for (port, protocol) in ports_for(&host) {
                     let key = PrecedenceKey::new(&entry.matcher, created, &entry.source, false);
@@ -294,6 +295,7 @@ pub(crate) fn translate_ingresses(
                 filters: Vec::new(),
                 action: action_for(index, ingress, default, &mut out.warnings),
                 timeouts: Timeouts::default(),
+                upstream: UpstreamProtocol::FromBackend,
             };
             own_hosts.push("*".into());
             own_hosts.sort();

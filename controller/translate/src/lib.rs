@@ -20,7 +20,7 @@ pub mod status;
 
 use gateway_api::experimental as gw;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Secret, Service},
+    core::v1::{Namespace, Node, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
     networking::v1::{Ingress, IngressClass, NetworkPolicy},
 };
@@ -59,6 +59,9 @@ pub struct ClusterState {
     pub reference_grants: Vec<gw::referencegrants::ReferenceGrant>,
     /// Read by the NetworkPolicy compiler (not yet part of the snapshot).
     pub network_policies: Vec<NetworkPolicy>,
+    /// Nodes (addresses, topology labels), trimmed by the controller; for
+    /// topology-aware routing (not yet part of the snapshot).
+    pub nodes: Vec<Node>,
 }
 
 /// Knobs of the translation that are not in the cluster objects.

@@ -1,6 +1,9 @@
 /* The BPF map layouts of pier-agent, defined once here and mirrored in Rust
- * (ebpf/src/maps.rs, with compile-time size checks). Names follow
- * pier_<lb4|lb6|ct4|pol>_<noun>; maps are pinned under /sys/fs/bpf/pier/. */
+ * (ebpf/src/maps.rs; ebpf/tests/btf_layout.rs compares every member's offset
+ * and size with the BTF of the built objects). Names follow
+ * pier_<area>_<noun>: lb4 / lb6 / ct4 / ct6 for one address family, lb (load
+ * balancing) and nat (the tc programs' configuration and counters) for what
+ * both families share. Maps are pinned under /sys/fs/bpf/pier/. */
 #ifndef PIER_MAPS_H
 #define PIER_MAPS_H
 
@@ -20,7 +23,7 @@
 #define PIER_SVC_AFFINITY (1 << 0)      /* sessionAffinity: ClientIP */
 #define PIER_SVC_LOCAL_EXTERNAL (1 << 1) /* externalTrafficPolicy: Local */
 #define PIER_SVC_LOCAL_INTERNAL (1 << 2) /* internalTrafficPolicy: Local */
-#define PIER_SVC_MAGLEV (1 << 3)         /* pick by pier_lb4_maglev, not at random */
+#define PIER_SVC_MAGLEV (1 << 3)         /* pick by pier_lb_maglev, not at random */
 
 /* Key of pier_lb4_services: a virtual IPv4 address, port and protocol. */
 struct pier_lb4_key {
@@ -30,18 +33,19 @@ struct pier_lb4_key {
 	__u8 scope;
 };
 
-/* Value of pier_lb4_services. Backends are slots 1..backend_count of the
- * service in pier_lb4_slots (slot 0 is never used: it means "none"). */
-struct pier_lb4_service {
+/* Value of pier_lb4_services and pier_lb6_services. Backends are slots
+ * 1..backend_count of the service in pier_lb_slots (slot 0 is never used: it
+ * means "none"). Service and backend ids are unique across both families. */
+struct pier_lb_service {
 	__u32 service_id;
 	__u16 backend_count;
 	__u16 flags;
 	__u32 affinity_timeout_s;
-	__u32 maglev_size; /* entries used in this service's pier_lb4_maglev table */
+	__u32 maglev_size; /* entries used in this service's pier_lb_maglev table */
 };
 
-/* Key of pier_lb4_slots. */
-struct pier_lb4_slot_key {
+/* Key of pier_lb_slots (value: a backend id, __u32). */
+struct pier_lb_slot_key {
 	__u32 service_id;
 	__u32 slot;
 };
@@ -57,8 +61,8 @@ struct pier_lb4_backend {
 #define PIER_BACKEND_TERMINATING (1 << 0)
 #define PIER_BACKEND_LOCAL (1 << 1)
 
-/* IPv6: the same service value (struct pier_lb4_service) and the same slot
- * map; service and backend ids are unique across both families. */
+/* IPv6: the same service value (struct pier_lb_service) and the same slot,
+ * affinity and Maglev maps as IPv4. */
 struct pier_lb6_key {
 	__be32 address[4];
 	__be16 port;
@@ -102,25 +106,26 @@ struct pier_lb4_revnat {
 	__u16 pad;
 };
 
-/* sessionAffinity: ClientIP for socket LB: the client is identified by its
- * network namespace (a pod), as its source address is not known at connect. */
-struct pier_lb4_affinity_key {
+/* sessionAffinity: ClientIP. Socket LB identifies a client by its network
+ * namespace (a pod), as its source address is not known at connect; the tc
+ * programs by its address, tagged in the top bits so the two never meet. */
+struct pier_lb_affinity_key {
 	__u64 netns_cookie;
 	__u32 service_id;
 	__u32 pad;
 };
 
-struct pier_lb4_affinity {
+struct pier_lb_affinity {
 	__u64 last_used_ns;
 	__u32 backend_id;
 	__u32 pad;
 };
 
-/* Value of pier_lb4_maglev, keyed by service id: the Maglev lookup table of
+/* Value of pier_lb_maglev, keyed by service id: the Maglev lookup table of
  * a service reached from outside, as backend ids. Only the first maglev_size
  * entries (a prime, at most PIER_MAGLEV_MAX) are used. */
 #define PIER_MAGLEV_MAX 16381
-struct pier_lb4_maglev {
+struct pier_lb_maglev {
 	__u32 backend_ids[PIER_MAGLEV_MAX];
 };
 
@@ -173,7 +178,7 @@ struct pier_ct6_entry {
 #define PIER_CT_REPLY (1 << 0)  /* a reply: from the backend towards the client */
 #define PIER_CT_SNAT (1 << 1)   /* source rewritten to the node: route it ourselves */
 
-/* pier_lb4_ids, a one-entry array: the agent's id counters, kept across agent
+/* pier_lb_ids, a one-entry array: the agent's id counters, kept across agent
  * restarts so an id is never given to a second service or backend (a
  * conntrack entry naming a departed backend must not find a new one). */
 struct pier_ids {
@@ -181,7 +186,7 @@ struct pier_ids {
 	__u32 next_backend;
 };
 
-/* pier_ct4_config, a one-entry array written by the agent. */
+/* pier_nat_config, a one-entry array written by the agent. */
 struct pier_config {
 	__be32 snat_address; /* the node's address for SNAT (0: the address hit) */
 	__u16 snat_port_min; /* SNAT ports, host order, outside the ephemeral range */

@@ -1,15 +1,18 @@
-/* The IPv6 maps of socket-level load balancing (services share the value
- * layout, the slots, the affinity and the Maglev maps with IPv4). */
+/* The IPv6 maps of load balancing (services share the value layout, the
+ * slots, the affinity and the Maglev maps with IPv4: see lib/lb.h). */
 #ifndef PIER_LB6_H
 #define PIER_LB6_H
 
-#include "lib/lb4.h"
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "pier_maps.h"
+#include "lib/lb.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct pier_lb6_key);
-	__type(value, struct pier_lb4_service);
+	__type(value, struct pier_lb_service);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pier_lb6_services SEC(".maps");
 

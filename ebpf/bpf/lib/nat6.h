@@ -1,17 +1,23 @@
-/* IPv6 from outside, included by tc_nodeport.c after the IPv4 path (it uses
- * its mix32, counters and verdict helpers): NodePorts on the node's IPv6
+/* IPv6 from outside, for tc_nodeport.c: NodePorts on the node's IPv6
  * addresses, IPv6 externalIPs and LB IPs get the same translation as IPv4
- * (DNAT; SNAT and a redirect for a remote backend; conntrack both ways).
- * Packets with extension headers (fragments included) and ICMPv6 are left
- * alone. */
+ * (DNAT; SNAT and a redirect for a remote backend; conntrack both ways; see
+ * lib/nat4.h). Packets with extension headers (fragments included) are left
+ * alone; ICMPv6 errors about a known flow are translated like it. */
 #ifndef PIER_NAT6_H
 #define PIER_NAT6_H
 
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "pier_maps.h"
+#include "lib/nat.h"
 #include "lib/lb6.h"
 #include "lib/ct6.h"
 
-#define AF_INET6 10
 #define IPV6_FRAGMENT 44
 #define IPPROTO_ICMPV6_ 58
 #define ICMPV6_DEST_UNREACH_ 1
@@ -25,11 +31,14 @@ struct packet6 {
 	__u8 tcp_flags;
 };
 
-#define L3 sizeof(struct ethhdr)
-
 static __always_inline int addr6_eq(const __be32 *a, const __be32 *b)
 {
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+static __always_inline int addr6_is_zero(const __be32 *a)
+{
+	return !(a[0] | a[1] | a[2] | a[3]);
 }
 
 static __always_inline void addr6_copy(__be32 *to, const __be32 *from)
@@ -46,11 +55,11 @@ static __always_inline int parse6(struct __sk_buff *skb, struct packet6 *p)
 	struct ipv6hdr ip;
 	__be16 ports[2];
 	__u32 end, l4_len = 8;
+	__be16 h_proto;
 	__u8 doff;
 
-	struct ethhdr eth;
-
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || eth.h_proto != bpf_htons(ETH_P_IPV6))
+	if (bpf_skb_load_bytes(skb, offsetof(struct ethhdr, h_proto), &h_proto, 2) < 0 ||
+	    h_proto != bpf_htons(ETH_P_IPV6))
 		return -1;
 	if (bpf_skb_load_bytes(skb, L3, &ip, sizeof(ip)) < 0 || ip.version != 6)
 		goto malformed;
@@ -88,12 +97,6 @@ static __always_inline int parse6(struct __sk_buff *skb, struct packet6 *p)
 malformed:
 	pier_count(PIER_PASS_MALFORMED);
 	return -1;
-}
-
-/* BPF_F_MARK_MANGLED_0 for UDP only: a TCP checksum of 0 is a real value. */
-static __always_inline __u64 mangled0(__u8 proto)
-{
-	return proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
 /* Replaces a 16-byte address at `off`, keeping the checksum at `csum_off`
@@ -161,20 +164,7 @@ static __always_inline int send_out6(struct __sk_buff *skb, const struct bpf_fib
 	hops -= 1;
 	if (bpf_skb_store_bytes(skb, hop_at, &hops, 1, 0))
 		return TC_ACT_SHOT;
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		if (bpf_skb_store_bytes(skb, 0, fib->dmac, ETH_ALEN, 0) ||
-		    bpf_skb_store_bytes(skb, ETH_ALEN, fib->smac, ETH_ALEN, 0))
-			return TC_ACT_SHOT;
-		return bpf_redirect(fib->ifindex, 0);
-	}
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
-		struct bpf_redir_neigh nh = { .nh_family = AF_INET6 };
-
-		addr6_copy(nh.ipv6_nh, fib->ipv6_dst);
-		return bpf_redirect_neigh(fib->ifindex, &nh, sizeof(nh), 0);
-	}
-	pier_count(rc == BPF_FIB_LKUP_RET_FRAG_NEEDED ? PIER_DROP_FRAG_NEEDED : PIER_DROP_NO_ROUTE);
-	return TC_ACT_SHOT;
+	return pier_fib_redirect(skb, fib, rc);
 }
 
 static __always_inline int redirect_out6(struct __sk_buff *skb, const struct packet6 *p,
@@ -201,8 +191,8 @@ struct pseudo6 {
 	__be32 next;
 };
 
-/* Scratch space for building a "packet too big" (too large for the stack,
- * which the IPv6 program already mostly uses). Per CPU, not pinned. */
+/* Scratch space for building a "packet too big", off the stack (see the
+ * budget in tc_nodeport.c). Per CPU, not pinned. */
 struct ptb6_scratch {
 	struct ethhdr eth;
 	unsigned char mac[ETH_ALEN];
@@ -217,7 +207,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct ptb6_scratch);
-} pier_ptb6_scratch SEC(".maps");
+} pier_nat_scratch6 SEC(".maps");
 
 /* IPv6 routers never fragment: a packet too big for the way to a remote
  * backend is answered with a "packet too big" carrying that MTU, built in
@@ -226,7 +216,7 @@ struct {
 static __attribute__((noinline)) int packet_too_big6(struct __sk_buff *skb, __u16 mtu)
 {
 	__u32 zero = 0;
-	struct ptb6_scratch *b = bpf_map_lookup_elem(&pier_ptb6_scratch, &zero);
+	struct ptb6_scratch *b = bpf_map_lookup_elem(&pier_nat_scratch6, &zero);
 	__s64 sum;
 
 	/* Kernels before 5.12 do not report the MTU: no answer beats a wrong one. */
@@ -343,46 +333,52 @@ static __always_inline __u32 flow_hash6(const struct pier_ct6_key *t)
 	return mix32(addr6_hash(t->saddr) ^ mix32(((__u32)t->sport << 16 | t->dport) ^ mix32(t->proto)));
 }
 
+/* As claim_snat_port (lib/nat4.h), for IPv6. */
 static __always_inline int claim_snat_port6(struct pier_ct6_key *reply_key, struct pier_ct6_entry *reply,
 					    const struct pier_config *cfg, __u32 hash, __u64 now)
 {
-	__u32 range, i;
+	__u32 i;
 
-	if (cfg->snat_port_max < cfg->snat_port_min)
+	if (!pier_snat_ports_ok(cfg))
 		return -1;
-	range = (__u32)cfg->snat_port_max - cfg->snat_port_min + 1;
 	for (i = 0; i < SNAT_TRIES; i++) {
 		struct pier_ct6_entry *old, *old_forward;
+		__u64 seen;
 
-		reply_key->dport = bpf_htons(cfg->snat_port_min + (hash + i * 7919) % range);
+		reply_key->dport = pier_snat_port(cfg, hash, i);
 		if (bpf_map_update_elem(&pier_ct6_flows, reply_key, reply, BPF_NOEXIST) == 0)
 			return 0;
 		old = bpf_map_lookup_elem(&pier_ct6_flows, reply_key);
-		if (!old || !pier_ct_expired(old->last_seen_ns, old->closing, reply_key->proto, now, cfg))
+		if (!old)
+			continue;
+		seen = old->last_seen_ns;
+		if (!pier_ct_expired(seen, old->closing, reply_key->proto, now, cfg))
 			continue;
 		old_forward = other_direction6(old, reply_key->proto);
-		if ((!old_forward ||
-		     pier_ct_expired(old_forward->last_seen_ns, old_forward->closing, reply_key->proto, now, cfg)) &&
-		    bpf_map_update_elem(&pier_ct6_flows, reply_key, reply, BPF_ANY) == 0)
+		if (old_forward && !pier_ct6_expired(old_forward, reply_key->proto, now, cfg))
+			continue;
+		if (pier_ct_take_over(&pier_ct6_flows, reply_key, reply, &old->last_seen_ns, seen) == 0)
 			return 0;
 	}
 	return -1;
 }
 
-static __always_inline int new_flow6(struct __sk_buff *skb, struct packet6 *p, const struct pier_config *cfg,
-				     __u64 now)
+/* A packet of no known flow: for a service reachable from outside? Then a
+ * backend is chosen, the flow recorded both ways and its translation written
+ * to *fwd (PIER_NEW_FLOW); otherwise the verdict. */
+static __always_inline int new_flow6(struct packet6 *p, const struct pier_config *cfg, __u64 now,
+				     struct pier_ct6_entry *fwd)
 {
 	struct pier_lb6_key key = {
 		.port = p->tuple.dport,
 		.proto = p->tuple.proto,
 		.scope = PIER_SCOPE_NODEPORT,
 	};
-	const struct pier_lb4_service *svc;
+	const struct pier_lb_service *svc;
 	const struct pier_lb6_backend *backend;
-	struct pier_ct6_entry fwd = {}, reply = {};
+	struct pier_ct6_entry reply = {};
 	struct pier_ct6_key reply_key = {};
 	__u32 hash = flow_hash6(&p->tuple), id;
-	__be32 zero[4] = {};
 
 	addr6_copy(key.address, p->tuple.daddr);
 	svc = bpf_map_lookup_elem(&pier_lb6_services, &key);
@@ -400,12 +396,13 @@ static __always_inline int new_flow6(struct __sk_buff *skb, struct packet6 *p, c
 		pier_count(PIER_DROP_NO_BACKEND);
 		return TC_ACT_SHOT;
 	}
-	addr6_copy(fwd.saddr, p->tuple.saddr);
-	fwd.sport = p->tuple.sport;
-	addr6_copy(fwd.daddr, backend->address);
-	fwd.dport = backend->port;
-	fwd.backend_id = id;
-	fwd.last_seen_ns = now;
+	__builtin_memset(fwd, 0, sizeof(*fwd));
+	addr6_copy(fwd->saddr, p->tuple.saddr);
+	fwd->sport = p->tuple.sport;
+	addr6_copy(fwd->daddr, backend->address);
+	fwd->dport = backend->port;
+	fwd->backend_id = id;
+	fwd->last_seen_ns = now;
 	addr6_copy(reply.saddr, p->tuple.daddr);
 	reply.sport = p->tuple.dport;
 	addr6_copy(reply.daddr, p->tuple.saddr);
@@ -419,23 +416,25 @@ static __always_inline int new_flow6(struct __sk_buff *skb, struct packet6 *p, c
 	if (backend->flags & PIER_BACKEND_LOCAL) {
 		addr6_copy(reply_key.daddr, p->tuple.saddr);
 		reply_key.dport = p->tuple.sport;
-		bpf_map_update_elem(&pier_ct6_flows, &reply_key, &reply, BPF_ANY);
+		if (pier_ct_insert_reply(&pier_ct6_flows, &reply_key, &reply) < 0)
+			return TC_ACT_SHOT;
 	} else {
-		fwd.flags = PIER_CT_SNAT;
+		fwd->flags = PIER_CT_SNAT;
 		reply.flags |= PIER_CT_SNAT;
-		if (addr6_eq(cfg->snat_address6, zero))
-			addr6_copy(fwd.saddr, p->tuple.daddr);
+		if (addr6_is_zero(cfg->snat_address6))
+			addr6_copy(fwd->saddr, p->tuple.daddr);
 		else
-			addr6_copy(fwd.saddr, cfg->snat_address6);
-		addr6_copy(reply_key.daddr, fwd.saddr);
+			addr6_copy(fwd->saddr, cfg->snat_address6);
+		addr6_copy(reply_key.daddr, fwd->saddr);
 		if (claim_snat_port6(&reply_key, &reply, cfg, hash, now) < 0) {
 			pier_count(PIER_DROP_SNAT_PORTS);
 			return TC_ACT_SHOT;
 		}
-		fwd.sport = reply_key.dport;
+		fwd->sport = reply_key.dport;
 	}
-	bpf_map_update_elem(&pier_ct6_flows, &p->tuple, &fwd, BPF_ANY);
-	return translate6(skb, p, &fwd);
+	if (pier_ct_commit(&pier_ct6_flows, &p->tuple, fwd, &reply_key) < 0)
+		return TC_ACT_SHOT;
+	return PIER_NEW_FLOW;
 }
 
 /* An ICMPv6 error (unreachable, packet too big, time exceeded) about a known
@@ -496,7 +495,7 @@ static __always_inline int pier_ingress6(struct __sk_buff *skb, const struct pie
 {
 	struct packet6 p = {};
 	struct pier_ct6_entry *ct, to;
-	int parsed = parse6(skb, &p);
+	int parsed = parse6(skb, &p), verdict;
 
 	if (parsed == PARSE_ICMP)
 		return translate_icmp6_error(skb, &p, 1, cfg, now);
@@ -512,7 +511,8 @@ static __always_inline int pier_ingress6(struct __sk_buff *skb, const struct pie
 		to = *ct;
 		return translate6(skb, &p, &to);
 	}
-	return new_flow6(skb, &p, cfg, now);
+	verdict = new_flow6(&p, cfg, now, &to);
+	return verdict == PIER_NEW_FLOW ? translate6(skb, &p, &to) : verdict;
 }
 
 static __always_inline int pier_egress6(struct __sk_buff *skb, const struct pier_config *cfg, __u64 now)

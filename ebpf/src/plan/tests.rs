@@ -65,7 +65,7 @@ fn backends_of(state: &MapState, key: &Lb4Key) -> Vec<[u8; 4]> {
     let svc = state.services[key];
     (1..=u32::from(svc.backend_count))
         .map(|slot| {
-            state.backends[&state.slots[&Lb4SlotKey {
+            state.backends[&state.slots[&LbSlotKey {
                 service_id: svc.service_id,
                 slot,
             }]]
@@ -106,7 +106,7 @@ fn a_dual_stack_cluster_ip_gets_the_ready_endpoints_of_each_family() {
         "fd00::1".parse::<std::net::Ipv6Addr>().unwrap()
     );
     assert_eq!(svc6.backend_count, 1);
-    let id6 = state.slots[&Lb4SlotKey {
+    let id6 = state.slots[&LbSlotKey {
         service_id: svc6.service_id,
         slot: 1,
     }];

@@ -64,7 +64,7 @@ fn resolved(state: &MapState) -> BTreeMap<Lb4Key, (Vec<Lb4Backend>, Vec<[u8; 4]>
         .map(|(k, svc)| {
             let backends = (1..=u32::from(svc.backend_count))
                 .map(|slot| {
-                    let key = Lb4SlotKey {
+                    let key = LbSlotKey {
                         service_id: svc.service_id,
                         slot,
                     };

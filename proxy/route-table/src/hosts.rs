@@ -68,3 +68,76 @@ pub fn pattern_covers(pattern: &str, host: &str) -> bool {
         p => p.eq_ignore_ascii_case(host),
     }
 }
+
+/// Why a `host[:port]` authority does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("an IPv6 literal without its closing bracket")]
+    UnclosedBracket,
+    #[error("something other than a port after the host")]
+    InvalidPort,
+}
+
+/// Splits a Host header or URL authority, `host[:port]`, into the host and
+/// the port. IPv6 literals come in brackets (`[::1]:8080`); the host is
+/// returned without them. An empty port (`host:`) is no port (RFC 3986).
+/// A bare IPv6 address (several colons, no brackets) is all host.
+pub fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), AuthorityError> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or(AuthorityError::UnclosedBracket)?;
+        match after {
+            "" => return Ok((host, None)),
+            _ => (
+                host,
+                after
+                    .strip_prefix(':')
+                    .ok_or(AuthorityError::InvalidPort)?,
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) if !port.contains(':') => (host, port),
+            _ => return Ok((authority, None)),
+        }
+    };
+    if port.is_empty() {
+        return Ok((host, None));
+    }
+    // `u16::from_str` takes a leading `+`; a port is digits only.
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuthorityError::InvalidPort);
+    }
+    let port = port.parse().map_err(|_| AuthorityError::InvalidPort)?;
+    Ok((host, Some(port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        fn ok(a: &str) -> (&str, Option<u16>) {
+            split_host_port(a).unwrap()
+        }
+        assert_eq!(ok("example.com"), ("example.com", None));
+        assert_eq!(ok("example.com:8080"), ("example.com", Some(8080)));
+        assert_eq!(ok("example.com:"), ("example.com", None));
+        assert_eq!(ok("10.0.0.1:80"), ("10.0.0.1", Some(80)));
+        // IPv6 literals: the brackets go, the colons inside stay.
+        assert_eq!(ok("[::1]"), ("::1", None));
+        assert_eq!(ok("[::1]:8443"), ("::1", Some(8443)));
+        assert_eq!(ok("[2001:db8::7]:"), ("2001:db8::7", None));
+        assert_eq!(ok("::1"), ("::1", None), "a bare IPv6 address is all host");
+        assert_eq!(ok(""), ("", None));
+        let err = |a: &str| split_host_port(a).unwrap_err();
+        assert_eq!(err("[::1"), AuthorityError::UnclosedBracket);
+        assert_eq!(err("[::1]x"), AuthorityError::InvalidPort);
+        assert_eq!(err("[::1]:x"), AuthorityError::InvalidPort);
+        assert_eq!(err("a:99999"), AuthorityError::InvalidPort);
+        assert_eq!(err("a:+80"), AuthorityError::InvalidPort);
+        assert_eq!(err("a:http"), AuthorityError::InvalidPort);
+    }
+}

@@ -8,26 +8,28 @@
 
 mod hosts;
 
-pub use hosts::HostMap;
+pub use hosts::{split_host_port, AuthorityError, HostMap};
 
 use pier_snapshot::{
     HttpRouteEntry, PathMatch, PortProtocol, Snapshot, SniAction, ValueMatch, ValueMatchKind,
 };
 use regex::Regex;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A snapshot the table cannot be built from (e.g. an invalid regex).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError(pub String);
-
-impl std::fmt::Display for BuildError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A snapshot the table cannot be built from.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    /// `at` names the virtual host and the route entry.
+    #[error("{at}: invalid regex {pattern:?}")]
+    InvalidRegex {
+        at: String,
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
 }
-
-impl std::error::Error for BuildError {}
 
 /// The parts of a request routing looks at.
 #[derive(Clone)]
@@ -86,13 +88,18 @@ struct CompiledEntry {
 }
 
 /// One virtual host: entries in precedence order plus indexes into them.
+/// Every index list is sorted, so the candidates for a path are a merge of
+/// three sorted lists, walked in precedence order without allocating.
 struct VirtualHostTable {
-    hostname: String,
     entries: Vec<CompiledEntry>,
     exact: HashMap<String, Vec<usize>>,
-    /// Prefix → entries. Looked up once per segment boundary of the request
-    /// path (a radix walk over segments): O(segments), no allocation.
+    /// Prefix → the entries of that prefix and of every shorter prefix that
+    /// covers it (`/a/b` holds those of `/a/b`, `/a` and `/`). A request
+    /// looks up its segment boundaries longest first; the first hit is all
+    /// the prefix candidates it has: O(segments).
     prefixes: HashMap<String, Vec<usize>>,
+    /// Entries of the `/` prefix (every path).
+    root: Vec<usize>,
     regexes: Vec<usize>,
 }
 
@@ -107,13 +114,19 @@ pub struct RouteTable {
     ports: HashMap<u16, PortTable>,
 }
 
-fn compile_regex(pattern: &str, at: &str) -> Result<Regex, BuildError> {
+fn compile_regex(pattern: &str, at: &dyn Fn() -> String) -> Result<Regex, BuildError> {
     // Anchored: a regex path match must match the whole path.
-    Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| BuildError(format!("{at}: invalid regex {pattern:?}: {e}")))
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|source| BuildError::InvalidRegex {
+        at: at(),
+        pattern: pattern.into(),
+        source,
+    })
 }
 
-fn compile_values(values: &[ValueMatch], at: &str) -> Result<Vec<Option<Regex>>, BuildError> {
+fn compile_values(
+    values: &[ValueMatch],
+    at: &dyn Fn() -> String,
+) -> Result<Vec<Option<Regex>>, BuildError> {
     values
         .iter()
         .map(|v| match v.kind {
@@ -123,6 +136,27 @@ fn compile_values(values: &[ValueMatch], at: &str) -> Result<Vec<Option<Regex>>,
         .collect()
 }
 
+/// Whether prefix `prefix` matches `path` (whole segments: `/foo` matches
+/// `/foo` and `/foo/...`, not `/foobar`).
+fn prefix_covers(prefix: &str, path: &str) -> bool {
+    prefix == "/"
+        || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The prefixes (other than `/`) that may cover `path`, longest first: the
+/// whole path, then the path cut before each later `/`.
+fn prefix_keys(path: &str) -> impl Iterator<Item = &str> {
+    let whole = (path.len() > 1).then_some(path);
+    let cuts = path
+        .bytes()
+        .enumerate()
+        .skip(1)
+        .rev()
+        .filter(|(_, b)| *b == b'/')
+        .map(move |(i, _)| &path[..i]);
+    whole.into_iter().chain(cuts)
+}
+
 impl VirtualHostTable {
     fn build(hostname: &str, entries: &[HttpRouteEntry]) -> Result<Self, BuildError> {
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
@@ -130,7 +164,9 @@ impl VirtualHostTable {
         let mut regexes = Vec::new();
         let mut compiled = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
-            let at = format!("host {hostname} {}", e.source);
+            // Only formatted for an error: a build of many routes stays cheap.
+            let at = || format!("host {hostname} {}", e.source);
+            let at = &at as &dyn Fn() -> String;
             let path_regex = match &e.matcher.path {
                 PathMatch::Exact(p) => {
                     exact.entry(p.clone()).or_default().push(i);
@@ -152,54 +188,122 @@ impl VirtualHostTable {
                 query_regexes: compile_values(&e.matcher.query_params, &at)?,
             });
         }
+        let root = prefix_lists.remove("/").unwrap_or_default();
+        // Each prefix also carries the entries of the prefixes covering it.
+        let prefixes = prefix_lists
+            .keys()
+            .map(|p| {
+                let mut all = root.clone();
+                for covering in prefix_keys(p) {
+                    if let Some(list) = prefix_lists.get(covering) {
+                        all.extend(list);
+                    }
+                }
+                all.sort_unstable();
+                (p.clone(), all)
+            })
+            .collect();
         Ok(VirtualHostTable {
-            hostname: hostname.into(),
             entries: compiled,
             exact,
-            prefixes: prefix_lists,
+            prefixes,
+            root,
             regexes,
         })
     }
 
-    /// Indices of entries whose path matches, in precedence order.
-    fn path_candidates(&self, path: &str) -> Vec<usize> {
-        let mut out: Vec<usize> = self.exact.get(path).cloned().unwrap_or_default();
-        // Whole segments only: `/foo` matches `/foo` and `/foo/...`, not `/foobar`.
-        if let Some(list) = self.prefixes.get("/") {
-            out.extend(list);
+    /// Indices of entries whose path matches, in precedence order. Regexes
+    /// are run only when their entry comes up.
+    fn path_candidates<'t>(&'t self, path: &'t str) -> Candidates<'t> {
+        let prefixed = prefix_keys(path)
+            .find_map(|p| self.prefixes.get(p))
+            .unwrap_or(&self.root);
+        debug_assert!(prefixed
+            .iter()
+            .all(|&i| matches!(&self.entries[i].entry.matcher.path, PathMatch::Prefix(p) if prefix_covers(p, path))));
+        Candidates {
+            table: self,
+            path,
+            exact: self.exact.get(path).map_or(&[], Vec::as_slice),
+            prefixed,
+            regexes: &self.regexes,
         }
-        for (i, b) in path.bytes().enumerate().skip(1) {
-            if b == b'/' {
-                if let Some(list) = self.prefixes.get(&path[..i]) {
-                    out.extend(list);
-                }
+    }
+}
+
+/// A merge of the three sorted candidate lists of one path.
+struct Candidates<'t> {
+    table: &'t VirtualHostTable,
+    path: &'t str,
+    exact: &'t [usize],
+    prefixed: &'t [usize],
+    regexes: &'t [usize],
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            let head = |l: &[usize]| l.first().copied().unwrap_or(usize::MAX);
+            let (e, p, r) = (head(self.exact), head(self.prefixed), head(self.regexes));
+            let next = e.min(p).min(r);
+            if next == usize::MAX {
+                return None;
             }
-        }
-        if path.len() > 1 {
-            if let Some(list) = self.prefixes.get(path) {
-                out.extend(list);
+            // An entry has one path match, so it is in exactly one list.
+            if next == e {
+                self.exact = &self.exact[1..];
+                return Some(e);
             }
-        }
-        for &i in &self.regexes {
-            if self.entries[i]
+            if next == p {
+                self.prefixed = &self.prefixed[1..];
+                return Some(p);
+            }
+            self.regexes = &self.regexes[1..];
+            let matched = self.table.entries[r]
                 .path_regex
                 .as_ref()
-                .is_some_and(|r| r.is_match(path))
-            {
-                out.push(i);
+                .is_some_and(|re| re.is_match(self.path));
+            if matched {
+                return Some(r);
             }
         }
-        out.sort_unstable();
-        out
+    }
+}
+
+/// Why one entry did not match; formatted only for `explain`.
+enum Mismatch<'a> {
+    Method { want: &'a str, got: &'a str },
+    Header(&'a ValueMatch),
+    Query(&'a ValueMatch),
+}
+
+impl std::fmt::Display for Mismatch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Method { want, got } => write!(f, "method {got} is not {want}"),
+            Mismatch::Header(h) => write!(
+                f,
+                "header {} does not match {:?} ({:?})",
+                h.name, h.value, h.kind
+            ),
+            Mismatch::Query(q) => {
+                write!(f, "query parameter {} does not match {:?}", q.name, q.value)
+            }
+        }
     }
 }
 
 /// Why one entry did not match (None: it matched).
-fn mismatch(c: &CompiledEntry, req: &RequestInfo<'_>) -> Option<String> {
+fn mismatch<'a>(c: &'a CompiledEntry, req: &RequestInfo<'a>) -> Option<Mismatch<'a>> {
     let m = &c.entry.matcher;
     if let Some(method) = &m.method {
         if !method.eq_ignore_ascii_case(req.method) {
-            return Some(format!("method {} is not {method}", req.method));
+            return Some(Mismatch::Method {
+                want: method,
+                got: req.method,
+            });
         }
     }
     for (h, re) in m.headers.iter().zip(&c.header_regexes) {
@@ -208,10 +312,7 @@ fn mismatch(c: &CompiledEntry, req: &RequestInfo<'_>) -> Option<String> {
             Some(r) => req.headers.any_value(&h.name, &mut |v| r.is_match(v)),
         };
         if !ok {
-            return Some(format!(
-                "header {} does not match {:?} ({:?})",
-                h.name, h.value, h.kind
-            ));
+            return Some(Mismatch::Header(h));
         }
     }
     for (q, re) in m.query_params.iter().zip(&c.query_regexes) {
@@ -228,22 +329,28 @@ fn mismatch(c: &CompiledEntry, req: &RequestInfo<'_>) -> Option<String> {
             (Some(v), Some(r)) => r.is_match(v),
         };
         if !ok {
-            return Some(format!(
-                "query parameter {} does not match {:?}",
-                q.name, q.value
-            ));
+            return Some(Mismatch::Query(q));
         }
     }
     None
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split(']').next().map_or(host, |h| &h[1..]);
+/// `s` in lower case, borrowed when it already is (the common case).
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
-    host.rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h)
+}
+
+/// Adds a line to the trace, formatting it only when there is one.
+macro_rules! say {
+    ($trace:expr, $($arg:tt)*) => {
+        if let Some(t) = $trace.as_mut() {
+            t.push(format!($($arg)*));
+        }
+    };
 }
 
 impl RouteTable {
@@ -292,87 +399,81 @@ impl RouteTable {
         (selection, trace.unwrap_or_default())
     }
 
+    /// The matcher. With `trace: None` (the request path) it does not
+    /// allocate, unless Host or SNI has upper-case letters.
     fn route<'t>(
         &'t self,
         req: &RequestInfo<'_>,
         trace: &mut Option<Vec<String>>,
     ) -> Selection<'t> {
-        let mut say = |line: String| {
-            if let Some(t) = trace.as_mut() {
-                t.push(line);
-            }
-        };
         let Some(port) = self.ports.get(&req.port) else {
-            say(format!("no HTTP or HTTPS listener on port {}", req.port));
+            say!(trace, "no HTTP or HTTPS listener on port {}", req.port);
             return Selection::NoListener;
         };
-        let host = strip_port(req.host).to_ascii_lowercase();
+        // A Host that does not parse is looked up as it is: only `*` can match it.
+        let host = split_host_port(req.host).map_or(req.host, |(h, _)| h);
+        let host = lower(host);
         if port.protocol == PortProtocol::Tls {
-            let sni = req.sni.unwrap_or("").to_ascii_lowercase();
+            let sni = lower(req.sni.unwrap_or(""));
             match port.sni.lookup(&sni) {
                 Some((pattern, SniAction::TerminateHttp { certificates })) => {
-                    say(format!("port {}: TLS, SNI {sni:?} selects listener hostname {pattern:?} (certificates {certificates:?})", req.port));
+                    say!(trace, "port {}: TLS, SNI {sni:?} selects listener hostname {pattern:?} (certificates {certificates:?})", req.port);
                     if !hosts::pattern_covers(pattern, &host) {
-                        say(format!(
+                        say!(
+                            trace,
                             "Host {host:?} is not covered by {pattern:?}: 421 Misdirected Request"
-                        ));
+                        );
                         return Selection::Misdirected;
                     }
                 }
                 Some((pattern, _)) => {
-                    say(format!("port {}: SNI {sni:?} matches {pattern:?}, which is TLS passthrough / TCP, not HTTP", req.port));
+                    say!(trace, "port {}: SNI {sni:?} matches {pattern:?}, which is TLS passthrough / TCP, not HTTP", req.port);
                     return Selection::UnknownSni;
                 }
                 None => {
-                    say(format!("port {}: no certificate for SNI {sni:?}", req.port));
+                    say!(trace, "port {}: no certificate for SNI {sni:?}", req.port);
                     return Selection::UnknownSni;
                 }
             }
         } else {
-            say(format!("port {}: plain HTTP", req.port));
+            say!(trace, "port {}: plain HTTP", req.port);
         }
         let Some((pattern, vhost)) = port.vhosts.lookup(&host) else {
-            say(format!("no virtual host matches {host:?}: 404"));
+            say!(trace, "no virtual host matches {host:?}: 404");
             return Selection::NotFound;
         };
-        say(format!(
+        say!(
+            trace,
             "Host {host:?} selects virtual host {pattern:?} ({} route entries)",
             vhost.entries.len()
-        ));
-        let candidates = vhost.path_candidates(req.path);
-        if trace.is_some() {
+        );
+        if let Some(t) = trace.as_mut() {
+            let candidates: Vec<usize> = vhost.path_candidates(req.path).collect();
             for (i, c) in vhost.entries.iter().enumerate() {
                 if !candidates.contains(&i) {
-                    trace.as_mut().unwrap().push(format!(
+                    t.push(format!(
                         "  ✗ {}: path {:?} does not match {:?}",
                         c.entry.source, c.entry.matcher.path, req.path
                     ));
                 }
             }
         }
-        for i in candidates {
+        for i in vhost.path_candidates(req.path) {
             let c = &vhost.entries[i];
             match mismatch(c, req) {
                 None => {
-                    if let Some(t) = trace.as_mut() {
-                        t.push(format!(
-                            "  ✓ {}: path {:?} matches; selected (first match in precedence order)",
-                            c.entry.source, c.entry.matcher.path
-                        ));
-                    }
-                    let _ = &vhost.hostname;
+                    say!(
+                        trace,
+                        "  ✓ {}: path {:?} matches; selected (first match in precedence order)",
+                        c.entry.source,
+                        c.entry.matcher.path
+                    );
                     return Selection::Route(&c.entry);
                 }
-                Some(why) => {
-                    if let Some(t) = trace.as_mut() {
-                        t.push(format!("  ✗ {}: {why}", c.entry.source));
-                    }
-                }
+                Some(why) => say!(trace, "  ✗ {}: {why}", c.entry.source),
             }
         }
-        if let Some(t) = trace.as_mut() {
-            t.push("no route entry matches: 404".into());
-        }
+        say!(trace, "no route entry matches: 404");
         Selection::NotFound
     }
 }

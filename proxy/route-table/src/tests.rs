@@ -28,6 +28,7 @@ fn entry(
             reason: name.into(),
         },
         timeouts: Timeouts::default(),
+        upstream: UpstreamProtocol::FromBackend,
     }
 }
 
@@ -217,4 +218,43 @@ fn an_invalid_regex_fails_the_build() {
         .matcher
         .path = PathMatch::Regex("(".into());
     assert!(RouteTable::build(&s).is_err());
+}
+
+#[test]
+fn ipv6_hosts_lose_their_port_and_nested_prefixes_keep_precedence() {
+    let mut s = snapshot();
+    s.routes.data.listeners[0].virtual_hosts.push(VirtualHost {
+        hostname: "*".into(),
+        single_label_wildcard: false,
+        routes: vec![
+            entry("ab", PathMatch::Prefix("/a/b".into()), None, vec![]),
+            entry("a-get", PathMatch::Prefix("/a".into()), Some("GET"), vec![]),
+            entry("abc", PathMatch::Prefix("/a/b/c".into()), None, vec![]),
+            entry("a", PathMatch::Prefix("/a".into()), None, vec![]),
+            entry("any", PathMatch::Prefix("/".into()), None, vec![]),
+        ],
+    });
+    let t = RouteTable::build(&s).unwrap();
+    let get = |host: &str, method: &str, path: &str| route(&t, 80, None, host, method, path, &[]);
+    assert_eq!(get("[::1]:80", "GET", "/a/b/c/d"), "ab", "first in precedence order");
+    assert_eq!(get("[::1]", "GET", "/a/x"), "a-get");
+    assert_eq!(get("[::1]", "PUT", "/a/b/c"), "ab");
+    assert_eq!(get("[::1]", "PUT", "/a/bc"), "a");
+    assert_eq!(get("[::1]", "PUT", "/a/"), "a");
+    assert_eq!(get("[::1]", "PUT", "/ab"), "any");
+    assert_eq!(get("[::1", "GET", "/"), "any", "an unparsable Host still meets `*`");
+    let req = RequestInfo {
+        port: 80,
+        sni: None,
+        host: "[::1]:80",
+        method: "PUT",
+        path: "/a/x",
+        query: None,
+        headers: &Vec::new(),
+    };
+    let (_, trace) = t.explain(&req);
+    assert!(
+        trace.iter().any(|l| l.contains("a-get") && l.contains("method PUT is not GET")),
+        "{trace:#?}"
+    );
 }
