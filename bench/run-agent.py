@@ -115,7 +115,7 @@ def main():
     ap.add_argument("--iptables-max", type=int, default=1000, help="largest count tried with iptables-restore (it takes minutes beyond)")
     ap.add_argument("--nftables-max", type=int, default=10000, help="largest count tried with nft -f")
     args = ap.parse_args()
-    sh("cargo", "build", "--release", "-p", "pier-agent", "-p", "pier-controller", cwd=ROOT)
+    sh("cargo", "build", "--release", "-p", "pier-agent-cli", "-p", "pier-controller", cwd=ROOT)
     sh("ip", "netns", "add", NS)
     work = tempfile.mkdtemp(prefix="pier-agent-bench-")
     cg_root = sh("sh", "-c", "awk '$3==\"cgroup2\"{print $2; exit}' /proc/mounts").stdout.strip()

@@ -69,7 +69,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", default="10,1000")
     args = ap.parse_args()
-    sh("cargo", "build", "--release", "-p", "pier-agent", cwd=ROOT)
+    sh("cargo", "build", "--release", "-p", "pier-agent-cli", cwd=ROOT)
     work = tempfile.mkdtemp(prefix="pier-nodeport-bench-")
     cg_root = sh("sh", "-c", "awk '$3==\"cgroup2\"{print $2; exit}' /proc/mounts").stdout.strip()
     cgroup = os.path.join(cg_root, "pier-nodeport-bench")

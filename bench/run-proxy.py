@@ -296,7 +296,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--only", default="a,b,c,d")
     args = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "-p", "pier-proxy", "--bins", "--examples"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-p", "pier-proxy-cli", "-p", "pier-proxy", "--bins", "--examples"], cwd=ROOT, check=True)
     d = tempfile.mkdtemp(prefix="pier-bench-")
     make_cert(d)
     up = nginx_upstream(d)

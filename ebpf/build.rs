@@ -82,7 +82,14 @@ fn check_headers(clang: &str, arch_include: &str) {
                 // A header may define helpers only its includers call.
                 .arg("-Wno-unused-function")
                 .arg(format!("-I{arch_include}"))
-                .args(["-Ibpf/include", "-Ibpf", "-fsyntax-only", "-x", "c", "/dev/null"])
+                .args([
+                    "-Ibpf/include",
+                    "-Ibpf",
+                    "-fsyntax-only",
+                    "-x",
+                    "c",
+                    "/dev/null",
+                ])
                 .arg("-include")
                 .arg(&header)
                 .output()

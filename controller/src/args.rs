@@ -38,7 +38,7 @@ pub enum Command {
     },
     /// Watch a Kubernetes cluster: translate, publish snapshots, and (as the
     /// elected leader) write status.
-    Run(ClusterArgs),
+    Run(Box<ClusterArgs>),
     /// Stream snapshots to data planes (full on connect, then deltas).
     Serve {
         #[command(flatten)]
@@ -209,6 +209,12 @@ pub struct ClusterArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub admin: std::net::SocketAddr,
+    /// Also serve `/debug/snapshot` on the admin address: the published
+    /// snapshot as JSON (private keys redacted, routes and chains shown).
+    #[arg(long)]
+    pub debug_snapshot: bool,
+    #[command(flatten)]
+    pub stream: StreamArgs,
 }
 
 impl ClusterArgs {

@@ -1,17 +1,10 @@
 //! pier-controller: wiring only. Parsing lives in `args`, the work in the
-//! library crates.
-
-mod args;
-mod cluster;
-mod explain;
-mod hub;
-mod metrics;
-mod serve;
-mod views;
+//! library (`pier_controller`) and the crates below it.
 
 use anyhow::{Context, Result};
-use args::{Args, Command, Output};
 use clap::Parser;
+use pier_controller::args::{self, Args, Command, Output};
+use pier_controller::{cluster, explain, serve};
 use pier_translate::translate;
 
 fn main() {
@@ -53,7 +46,7 @@ fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Command::Watch { source } => watch(source),
-        Command::Run(cluster) => cluster::run(cluster),
+        Command::Run(cluster) => cluster::run(*cluster),
         Command::Serve { source, stream } => {
             serve::serve_manifests(&source.manifests, source.options(), stream.options())
         }

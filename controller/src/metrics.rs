@@ -137,6 +137,11 @@ impl Metrics {
         m
     }
 
+    /// The served registry, for metrics owned elsewhere (the stream server's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Adds a collector (a metric made elsewhere) to the served registry.
     pub fn register<C: prometheus::core::Collector + 'static>(&self, collector: C) {
         if let Err(e) = self.registry.register(Box::new(collector)) {

@@ -14,125 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pier_tests::kube::{kit, ApiServer};
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The kube kit, or None (after saying why) when the test must be skipped.
-fn kit(test: &str) -> Option<PathBuf> {
-    let root = match std::env::var_os("KUBEBUILDER_ASSETS") {
-        Some(assets) => PathBuf::from(assets).join(".."),
-        None => repo_root().join("../shared/kube"),
-    };
-    if root.join("apiserver-up").is_file() && root.join("bin/kubectl").is_file() {
-        return Some(root);
-    }
-    let why = format!(
-        "{test}: no kube kit at {} (set KUBEBUILDER_ASSETS to the kit's bin/)",
-        root.display()
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{why}");
-    }
-    eprintln!("SKIPPED {why}");
-    None
-}
-
-/// One etcd + kube-apiserver, stopped by PID on drop.
-struct ApiServer {
-    kit: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl ApiServer {
-    fn up(kit: &Path) -> ApiServer {
-        let dir = tempfile::Builder::new()
-            .prefix("pier-apiserver-")
-            .tempdir()
-            .unwrap();
-        let out = Command::new(kit.join("apiserver-up"))
-            .arg(dir.path())
-            .output()
-            .expect("run apiserver-up");
-        let server = ApiServer {
-            kit: kit.to_path_buf(),
-            dir,
-        };
-        assert!(
-            out.status.success(),
-            "apiserver-up failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        server
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
-        let mut child = Command::new(self.kit.join("bin/kubectl"))
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into())
-        }
-    }
-
-    fn apply(&self, yaml: &str) {
-        self.kubectl(&["apply", "-f", "-"], Some(yaml))
-            .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
-    }
-
-    fn get(&self, what: &[&str]) -> Option<Value> {
-        let mut args = vec!["get", "-o", "json"];
-        args.extend_from_slice(what);
-        let out = self.kubectl(&args, None).ok()?;
-        serde_json::from_str(&out).ok()
-    }
-
-    fn install_crds(&self) {
-        let crds = repo_root().join("../shared/crds/gateway-api-v1.5.1/experimental");
-        self.kubectl(
-            &["apply", "--server-side", "-f", crds.to_str().unwrap()],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("CRDs: {e}"));
-        self.kubectl(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "crd",
-                "--all",
-                "--timeout=60s",
-            ],
-            None,
-        )
-        .unwrap_or_else(|e| panic!("CRDs not established: {e}"));
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = Command::new(self.kit.join("apiserver-down"))
-            .arg(self.dir.path())
-            .output();
-    }
 }
 
 fn free_port() -> SocketAddr {
@@ -159,10 +44,12 @@ impl Controller {
             .arg("--kubeconfig")
             .arg(api.kubeconfig())
             .args(["--admin", &admin.to_string()])
+            .args(["--listen", &free_port().to_string()])
             .args(["--leader-election-identity", identity])
             .args(["--leader-election-namespace", "default"])
             .args(["--crd-poll-seconds", "1"])
             .args(["--debounce-ms", "20"])
+            .arg("--debug-snapshot")
             .args(extra)
             .env("RUST_LOG", "info,pier_controller=debug")
             .stdout(Stdio::null())
@@ -348,14 +235,12 @@ fn watches_translate_and_write_status_against_a_real_api_server() {
 
     // Core objects: Services and EndpointSlices reach the snapshot.
     api.apply(CORE);
-    let snapshot = eventually("backends of demo/web", WAIT, || {
+    eventually("backends of demo/web and demo/api", WAIT, || {
         let s = ctl.snapshot()?;
-        (endpoint_addresses(&s, "demo/web:80") == ["198.18.10.1"]).then_some(s)
+        (endpoint_addresses(&s, "demo/web:80") == ["198.18.10.1"]
+            && endpoint_addresses(&s, "demo/api:80") == ["198.18.10.2"])
+        .then_some(())
     });
-    assert_eq!(
-        endpoint_addresses(&snapshot, "demo/api:80"),
-        ["198.18.10.2"]
-    );
 
     // The CRDs appear after start: picked up without a restart.
     api.install_crds();
@@ -366,14 +251,15 @@ fn watches_translate_and_write_status_against_a_real_api_server() {
     api.apply(&example("20-gateway.yaml"));
     api.apply(&example("30-routes.yaml"));
     api.apply(&example("40-ingress.yaml"));
-    let snapshot = eventually("listeners of the Gateway and the Ingress", WAIT, || {
+    let snapshot = eventually("listeners and the certificate", WAIT, || {
         let s = ctl.snapshot()?;
         let ports: Vec<u64> = s["routes"]["data"]["listeners"]
             .as_array()?
             .iter()
             .filter_map(|l| l["port"].as_u64())
             .collect();
-        (ports == [80, 443, 8080, 8443]).then_some(s)
+        let certificate = &s["certificates"]["data"]["demo/demo-tls"];
+        (ports == [80, 443, 8080, 8443] && !certificate.is_null()).then_some(s)
     });
     assert_eq!(
         snapshot["certificates"]["data"]["demo/demo-tls"]["private_key_pem"],
@@ -508,6 +394,29 @@ fn watches_translate_and_write_status_against_a_real_api_server() {
         [&foreign],
         "the other controller's entry is untouched"
     );
+
+    // Detached from pier's Gateway: pier's entry goes, the other one stays.
+    let detach = json!([{"op": "replace", "path": "/spec/parentRefs",
+        "value": [{"name": "elsewhere", "namespace": "other"}]}])
+    .to_string();
+    api.kubectl(
+        &[
+            "-n",
+            "demo",
+            "patch",
+            "httproute",
+            "old-paths",
+            "--type=json",
+            "-p",
+            &detach,
+        ],
+        None,
+    )
+    .unwrap();
+    eventually("pier's parent entry removed", WAIT, || {
+        let r = api.get(&["-n", "demo", "httproute", "old-paths"])?;
+        (r["status"]["parents"].as_array()? == &vec![foreign.clone()]).then_some(())
+    });
 
     // What a user must fix becomes a Warning Event (once).
     api.apply(
@@ -679,4 +588,27 @@ spec:
         .then_some(())
     });
     assert!(survivor.ready());
+}
+
+#[test]
+fn run_rejects_lease_timings_that_could_overlap_leaders() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pier-controller"))
+        .args([
+            "run",
+            "--lease-duration-seconds",
+            "5",
+            "--renew-deadline-seconds",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--renew-deadline-seconds"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_pier-controller"))
+        .args(["run", "--publish-service", "no-slash"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAMESPACE/NAME"));
 }

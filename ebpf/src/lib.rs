@@ -7,6 +7,7 @@
 //! ([`maglev`]). The BPF objects built from `bpf/` are embedded below.
 
 pub mod health;
+pub mod interfaces;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

@@ -70,7 +70,7 @@ fn the_agent_programs_manifests_and_follows_changes() {
     std::fs::write(dir.path().join("web.yaml"), manifests(two)).unwrap();
     wait_for("backend-two");
     // `status` reads the pinned maps back.
-    let status = Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+    let status = Command::new(pier_tests::binary("pier-agent-cli", "pier-agent"))
         .arg("--pin-dir")
         .arg(sandbox.bpffs.join("pier"))
         .arg("status")

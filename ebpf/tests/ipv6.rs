@@ -76,7 +76,7 @@ fn a_dual_stack_service_balances_each_family_to_its_own_endpoints() {
     assert!(ok, "{err}");
     assert_eq!(out, "six\nfour\nudp6 fd00:96::5 53\n");
 
-    let status = Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+    let status = Command::new(pier_tests::binary("pier-agent-cli", "pier-agent"))
         .arg("status")
         .arg("--pin-dir")
         .arg(sandbox.bpffs.join("pier"))

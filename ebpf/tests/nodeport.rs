@@ -209,7 +209,7 @@ fn spawn_agent(
     Kill(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", lab.node.name))
-            .arg(env!("CARGO_BIN_EXE_pier-agent"))
+            .arg(pier_tests::binary("pier-agent-cli", "pier-agent"))
             .arg("--manifests")
             .arg(dir)
             .arg("--cgroup")
@@ -373,7 +373,7 @@ fn traffic_from_outside_reaches_local_and_remote_backends() {
         .starts_with("pod "));
     assert_eq!(roundtrip(&mut held), first, "after the restart");
 
-    let status = Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+    let status = Command::new(pier_tests::binary("pier-agent-cli", "pier-agent"))
         .args(["status", "--conntrack", "100000", "--pin-dir"])
         .arg(sandbox.bpffs.join("pier"))
         .output()

@@ -770,7 +770,13 @@ mod tests {
         // After the rejection the routing is behind: everything is rebuilt.
         let rebuilt = shared.apply(&third, Some(&keys)).unwrap();
         assert!(rebuilt.routes);
-        assert!(shared.routing.load().as_ref().unwrap().backend("d/b:80").is_none());
+        assert!(shared
+            .routing
+            .load()
+            .as_ref()
+            .unwrap()
+            .backend("d/b:80")
+            .is_none());
         let (fourth, keys) = next(&third, |s| {
             s.backends.data.get_mut("d/a:80").unwrap().port = 8080;
         });

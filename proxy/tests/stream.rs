@@ -8,15 +8,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The controller binary next to pier-proxy (`cargo test --workspace` builds both).
+/// The controller binary (built if missing).
 fn controller_bin() -> PathBuf {
-    let bin = PathBuf::from(BIN).with_file_name("pier-controller");
-    assert!(
-        bin.exists(),
-        "{} missing: run `cargo test --workspace` (it builds every binary)",
-        bin.display()
-    );
-    bin
+    pier_tests::binary("pier-controller", "pier-controller")
 }
 
 fn start_controller(dir: &std::path::Path, port: u16) -> Proc {
@@ -73,7 +67,7 @@ async fn the_proxy_follows_the_controller_stream_and_survives_its_absence() {
     let controller = start_controller(dir.path(), controller_port);
 
     let admin = free_port();
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
         .args([
             "--controller",
             &format!("127.0.0.1:{controller_port}"),

@@ -2,6 +2,9 @@
 //! (`cargo test --workspace` builds them) as one system: the controller
 //! streams snapshots, the agent and the proxy follow it.
 
+pub mod host;
+pub mod kube;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -5,136 +5,13 @@
 //! affected) reaches the proxy through a ClusterIP, and the proxy routes to
 //! an upstream. One edit of the folder changes what both data planes do.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use pier_tests::host::{free_port, privileged, upstream, wait_for_port, Kill, Sandbox};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A workspace binary, built by `cargo test --workspace` next to this test.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
-
-fn privileged() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
-    if !root {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true: the end-to-end test must run as root"
-        );
-        eprintln!("skipped: the end-to-end test needs root (BPF)");
-    }
-    root
-}
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A child cgroup v2 (the socket hooks apply only to it) and a private bpffs.
-struct Sandbox {
-    cgroup: PathBuf,
-    bpffs: PathBuf,
-}
-
-impl Sandbox {
-    fn new() -> Sandbox {
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-        let root = mounts
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-            })
-            .expect("a cgroup v2 mount");
-        let name = format!("pier-e2e-{}", std::process::id());
-        let sandbox = Sandbox {
-            cgroup: root.join(&name),
-            bpffs: std::env::temp_dir().join(&name),
-        };
-        std::fs::create_dir(&sandbox.cgroup).unwrap();
-        std::fs::create_dir_all(&sandbox.bpffs).unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&sandbox.bpffs)
-            .status()
-            .unwrap();
-        assert!(mounted.success());
-        sandbox
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.bpffs).status();
-        let _ = std::fs::remove_dir(&self.bpffs);
-        let _ = std::fs::remove_dir(&self.cgroup);
-    }
-}
-
-/// An upstream answering every request with its name.
-fn upstream(name: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if conn.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
-                    name.len()
-                );
-            });
-        }
-    });
-    port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} never listened on {port}:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::yield_now();
-    }
-}
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn manifests(gateway_port: u16, route_to: &str, one: u16, two: u16) -> String {
     // Service port 18099: should a hook not rewrite, nothing answers there.
@@ -159,17 +36,10 @@ fn manifests(gateway_port: u16, route_to: &str, one: u16, two: u16) -> String {
 
 /// One request from a process in the sandbox cgroup to the gateway's ClusterIP.
 fn ask(sandbox: &Sandbox) -> String {
-    let client = "import socket\ntry:\n    s = socket.create_connection((\"127.96.9.1\", 18099), timeout=5)\n    s.sendall(b\"GET / HTTP/1.1\\r\\nHost: app.test\\r\\nConnection: close\\r\\n\\r\\n\")\n    print(s.makefile(\"rb\").read().decode().split(\"\\r\\n\\r\\n\", 1)[-1])\nexcept OSError as e:\n    print(\"error\", e)\n";
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec python3 -c '{}'",
-            sandbox.cgroup.join("cgroup.procs").display(),
-            client
-        ))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    sandbox.get(
+        (IpAddr::V4(Ipv4Addr::new(127, 96, 9, 1)), 18099),
+        "app.test",
+    )
 }
 
 fn answer_becomes(sandbox: &Sandbox, want: &str, logs: &[&Path]) {
@@ -192,11 +62,11 @@ fn answer_becomes(sandbox: &Sandbox, want: &str, logs: &[&Path]) {
 
 #[test]
 fn one_edit_of_the_folder_moves_both_data_planes() {
-    if !privileged() {
+    if !privileged("one_edit_of_the_folder_moves_both_data_planes") {
         return;
     }
-    let sandbox = Sandbox::new();
-    let (one, two) = (upstream("one"), upstream("two"));
+    let sandbox = Sandbox::new("pier-e2e");
+    let (one, two) = (upstream(LOCAL, "one"), upstream(LOCAL, "two"));
     let gateway_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let write = |text: String| {
@@ -211,7 +81,7 @@ fn one_edit_of_the_folder_moves_both_data_planes() {
     let stream = free_port();
     let stream_addr = SocketAddr::from(([127, 0, 0, 1], stream)).to_string();
     let _controller = Kill(
-        Command::new(binary("pier-controller"))
+        Command::new(pier_tests::binary("pier-controller", "pier-controller"))
             .args(["serve", "--manifests"])
             .arg(dir.path())
             .args(["--listen", &stream_addr])
@@ -220,10 +90,10 @@ fn one_edit_of_the_folder_moves_both_data_planes() {
             .spawn()
             .unwrap(),
     );
-    wait_for_port(stream, "pier-controller", &log("controller.log"));
+    wait_for_port((LOCAL, stream), "pier-controller", &log("controller.log"));
     let admin = free_port();
     let _proxy = Kill(
-        Command::new(binary("pier-proxy"))
+        Command::new(pier_tests::binary("pier-proxy-cli", "pier-proxy"))
             .args(["--controller", &stream_addr, "--listen-host", "127.0.0.1"])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
             .stdout(Stdio::null())
@@ -232,7 +102,7 @@ fn one_edit_of_the_folder_moves_both_data_planes() {
             .unwrap(),
     );
     let _agent = Kill(
-        Command::new(binary("pier-agent"))
+        Command::new(pier_tests::binary("pier-agent-cli", "pier-agent"))
             .args(["--controller", &stream_addr, "--cgroup"])
             .arg(&sandbox.cgroup)
             .arg("--pin-dir")
@@ -243,7 +113,7 @@ fn one_edit_of_the_folder_moves_both_data_planes() {
             .spawn()
             .unwrap(),
     );
-    wait_for_port(gateway_port, "pier-proxy", &log("proxy.log"));
+    wait_for_port((LOCAL, gateway_port), "pier-proxy", &log("proxy.log"));
     let all_logs = [log("controller.log"), log("proxy.log"), log("agent.log")];
     let all_logs: Vec<&Path> = all_logs.iter().map(PathBuf::as_path).collect();
     // ClusterIP (agent) → the proxy's listener → the route's backend.

@@ -22,6 +22,9 @@ pub struct Admin {
     pub shared: Arc<Shared>,
     pub ready: Arc<AtomicBool>,
     pub hub: Arc<Hub>,
+    /// Serve `/debug/snapshot` (off by default: it shows every route and
+    /// certificate chain to whoever reaches the admin port).
+    pub debug_snapshot: bool,
 }
 
 /// The latest publication as JSON, with every private key replaced.
@@ -75,7 +78,7 @@ impl Admin {
                 self.metrics.render(),
                 "text/plain; version=0.0.4; charset=utf-8",
             ),
-            "/debug/snapshot" => match snapshot_json(&self.hub) {
+            "/debug/snapshot" if self.debug_snapshot => match snapshot_json(&self.hub) {
                 Some(json) => text(StatusCode::OK, json, "application/json"),
                 None => text(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -81,6 +81,7 @@ async fn run_async(args: ClusterArgs) -> Result<()> {
         shared: shared.clone(),
         ready: ready.clone(),
         hub: hub.clone(),
+        debug_snapshot: args.debug_snapshot,
     }
     .bind(args.admin, shutdown.clone())
     .await?;
@@ -171,7 +172,15 @@ async fn run_async(args: ClusterArgs) -> Result<()> {
     );
     tracing::info!(%identity, "watching the cluster");
 
-    // The snapshot stream server follows `hub` (hub.subscribe()) from here.
+    // Every replica serves the stream: a leader change disconnects nobody.
+    let stream = Arc::new(crate::serve::StreamServer::new(
+        hub.clone(),
+        Arc::new(crate::views::Views::new(args.options())),
+        args.stream.options(),
+        crate::serve::StreamMetrics::new(metrics.registry())?,
+    )?);
+    let stream_listener = stream.bind().await?;
+    let stream_task = tokio::spawn(stream.run(stream_listener));
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -185,6 +194,7 @@ async fn run_async(args: ClusterArgs) -> Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     publisher.abort();
+    stream_task.abort();
     for w in watches {
         w.abort();
     }

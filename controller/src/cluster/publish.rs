@@ -2,6 +2,12 @@
 //! batches of changes into publications on the [`Hub`] — a full translation,
 //! or only the touched Services' backends when nothing but EndpointSlices
 //! changed — and hands the statuses to the writer.
+//!
+//! The debounce is leading + trailing: the first change after a quiet period
+//! (no publication within the window) is published at once; what follows
+//! within the window is batched into one publication at its end. An isolated
+//! edit reaches the data planes without waiting, and steady churn still
+//! publishes at most once per window.
 
 use super::index::Stores;
 use super::watch::Shared;
@@ -32,6 +38,8 @@ impl Publisher {
         // the base of the fast path.
         let mut base: Option<Snapshot> = None;
         let mut waiting_logged = false;
+        // When the last batch was taken: the start of the current window.
+        let mut last_batch: Option<Instant> = None;
         loop {
             self.shared.changed.notified().await;
             let pending = self.shared.pending();
@@ -42,8 +50,13 @@ impl Publisher {
                 }
                 continue;
             }
-            // Batch what arrives meanwhile; bounded latency under steady churn.
-            tokio::time::sleep(self.debounce).await;
+            // Leading edge after a quiet period; otherwise batch what arrives
+            // until the window ends (bounded latency under steady churn).
+            let wait = debounce_delay(last_batch, Instant::now(), self.debounce);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            last_batch = Some(Instant::now());
             let dirty = self.shared.take_dirty();
             match base.as_mut() {
                 Some(base) if !dirty.full => {
@@ -133,6 +146,12 @@ impl Publisher {
     fn record_versions(&self) {
         let Some(p) = self.hub.latest() else { return };
         let s = &p.snapshot;
+        tracing::debug!(
+            routes_version = s.routes.version,
+            backends_version = s.backends.version,
+            services_version = s.services.version,
+            "published"
+        );
         let versions = self.shared.metrics.snapshot_version.clone();
         versions
             .with_label_values(&["routes"])
@@ -149,5 +168,58 @@ impl Publisher {
         versions
             .with_label_values(&["certificates"])
             .set(s.certificates.version as i64);
+    }
+}
+
+/// How long to wait before taking the next batch: nothing when no batch was
+/// taken within the last `debounce` (leading edge), else the rest of the
+/// window (trailing edge, batching what arrives meanwhile).
+fn debounce_delay(last_batch: Option<Instant>, now: Instant, debounce: Duration) -> Duration {
+    match last_batch {
+        Some(last) => debounce.saturating_sub(now.saturating_duration_since(last)),
+        None => Duration::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::debounce_delay;
+    use std::time::{Duration, Instant};
+
+    const WINDOW: Duration = Duration::from_millis(30);
+
+    #[test]
+    fn the_first_change_is_published_at_once() {
+        assert_eq!(debounce_delay(None, Instant::now(), WINDOW), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_change_after_a_quiet_period_is_published_at_once() {
+        let last = Instant::now();
+        for quiet in [WINDOW, WINDOW * 2, Duration::from_secs(60)] {
+            assert_eq!(
+                debounce_delay(Some(last), last + quiet, WINDOW),
+                Duration::ZERO
+            );
+        }
+    }
+
+    #[test]
+    fn changes_within_the_window_wait_for_its_end() {
+        let last = Instant::now();
+        assert_eq!(debounce_delay(Some(last), last, WINDOW), WINDOW);
+        assert_eq!(
+            debounce_delay(Some(last), last + Duration::from_millis(10), WINDOW),
+            Duration::from_millis(20)
+        );
+    }
+
+    #[test]
+    fn no_debounce_never_waits() {
+        let last = Instant::now();
+        assert_eq!(
+            debounce_delay(Some(last), last, Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

@@ -193,10 +193,26 @@ pub async fn run<K: Watched>(
                     continue;
                 }
             };
+            // The previous version, read before the store takes the event.
+            let old = match &event {
+                Event::Apply(obj) | Event::Delete(obj) => reader.get(&ObjectRef::from_obj(obj)),
+                _ => None,
+            };
+            // The store first, then the mark: the translate loop, woken by
+            // the mark, must find the change in the store.
+            writer.apply_watcher_event(&event);
             match &event {
                 Event::Apply(obj) | Event::Delete(obj) => {
                     let deleted = matches!(event, Event::Delete(_));
-                    let old = reader.get(&ObjectRef::from_obj(obj));
+                    // When the change reached pier: the start of its propagation.
+                    tracing::debug!(
+                        kind,
+                        namespace = obj.meta().namespace.as_deref().unwrap_or(""),
+                        name = obj.meta().name.as_deref().unwrap_or(""),
+                        resource_version = obj.meta().resource_version.as_deref().unwrap_or(""),
+                        deleted,
+                        "watch event"
+                    );
                     shared.mark(|d| K::mark(old.as_deref(), obj, deleted, d));
                 }
                 Event::InitDone => {
@@ -206,7 +222,6 @@ pub async fn run<K: Watched>(
                 }
                 Event::Init | Event::InitApply(_) => {}
             }
-            writer.apply_watcher_event(&event);
             if !matches!(event, Event::Init | Event::InitApply(_)) {
                 metrics
                     .objects

@@ -16,8 +16,8 @@ use gateway_api::experimental::httproutes::*;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use pier_snapshot::{
     BackendRef, CorsPolicy, HeaderEdits, HttpFilter, HttpFilterRef, HttpRouteEntry, PathMatch,
-    PathRewrite, Redirect, RequestMatch, RouteAction, RouteSource, Timeouts, ValueMatch,
-    UpstreamProtocol, ValueMatchKind, WeightedBackend,
+    PathRewrite, Redirect, RequestMatch, RouteAction, RouteSource, Timeouts, UpstreamProtocol,
+    ValueMatch, ValueMatchKind, WeightedBackend,
 };
 use std::collections::BTreeMap;
 

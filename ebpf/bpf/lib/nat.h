@@ -141,7 +141,12 @@ static __always_inline int pier_ct_take_over(void *flows, const void *key, const
 {
 	if (__sync_val_compare_and_swap(last_seen_ns, seen, ~0ULL) != seen)
 		return -1;
-	bpf_map_delete_elem(flows, key);
+	if (bpf_map_delete_elem(flows, key)) {
+		/* Not deleted (bucket contention): the entry gets its time back,
+		 * or it would look fresh forever. */
+		__sync_val_compare_and_swap(last_seen_ns, ~0ULL, seen);
+		return -1;
+	}
 	return bpf_map_update_elem(flows, key, entry, BPF_NOEXIST) ? -1 : 0;
 }
 

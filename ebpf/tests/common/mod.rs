@@ -90,7 +90,7 @@ impl Sandbox {
     /// its log going to `stderr`.
     pub fn agent(&self, args: &[&std::ffi::OsStr], stderr: impl Into<std::process::Stdio>) -> Kill {
         Kill(
-            Command::new(env!("CARGO_BIN_EXE_pier-agent"))
+            Command::new(pier_tests::binary("pier-agent-cli", "pier-agent"))
                 .args(args)
                 .arg("--cgroup")
                 .arg(&self.cgroup)

@@ -91,9 +91,7 @@ pub fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), Authority
             "" => return Ok((host, None)),
             _ => (
                 host,
-                after
-                    .strip_prefix(':')
-                    .ok_or(AuthorityError::InvalidPort)?,
+                after.strip_prefix(':').ok_or(AuthorityError::InvalidPort)?,
             ),
         }
     } else {

@@ -140,7 +140,9 @@ fn compile_values(
 /// `/foo` and `/foo/...`, not `/foobar`).
 fn prefix_covers(prefix: &str, path: &str) -> bool {
     prefix == "/"
-        || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The prefixes (other than `/`) that may cover `path`, longest first: the

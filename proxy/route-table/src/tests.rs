@@ -236,13 +236,21 @@ fn ipv6_hosts_lose_their_port_and_nested_prefixes_keep_precedence() {
     });
     let t = RouteTable::build(&s).unwrap();
     let get = |host: &str, method: &str, path: &str| route(&t, 80, None, host, method, path, &[]);
-    assert_eq!(get("[::1]:80", "GET", "/a/b/c/d"), "ab", "first in precedence order");
+    assert_eq!(
+        get("[::1]:80", "GET", "/a/b/c/d"),
+        "ab",
+        "first in precedence order"
+    );
     assert_eq!(get("[::1]", "GET", "/a/x"), "a-get");
     assert_eq!(get("[::1]", "PUT", "/a/b/c"), "ab");
     assert_eq!(get("[::1]", "PUT", "/a/bc"), "a");
     assert_eq!(get("[::1]", "PUT", "/a/"), "a");
     assert_eq!(get("[::1]", "PUT", "/ab"), "any");
-    assert_eq!(get("[::1", "GET", "/"), "any", "an unparsable Host still meets `*`");
+    assert_eq!(
+        get("[::1", "GET", "/"),
+        "any",
+        "an unparsable Host still meets `*`"
+    );
     let req = RequestInfo {
         port: 80,
         sni: None,
@@ -254,7 +262,9 @@ fn ipv6_hosts_lose_their_port_and_nested_prefixes_keep_precedence() {
     };
     let (_, trace) = t.explain(&req);
     assert!(
-        trace.iter().any(|l| l.contains("a-get") && l.contains("method PUT is not GET")),
+        trace
+            .iter()
+            .any(|l| l.contains("a-get") && l.contains("method PUT is not GET")),
         "{trace:#?}"
     );
 }

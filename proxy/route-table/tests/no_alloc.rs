@@ -77,7 +77,12 @@ fn selecting_a_route_does_not_allocate() {
             hostname: "a.test".into(),
             single_label_wildcard: false,
             routes: vec![
-                entry("post", PathMatch::Prefix("/api".into()), Some("POST"), false),
+                entry(
+                    "post",
+                    PathMatch::Prefix("/api".into()),
+                    Some("POST"),
+                    false,
+                ),
                 entry("query", PathMatch::Prefix("/api/v1".into()), None, true),
                 entry("re", PathMatch::Regex("/api/v[0-9]+/x".into()), None, false),
                 entry("api", PathMatch::Prefix("/api".into()), None, false),

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_pier-proxy");
+/// The pier-proxy binary (package pier-proxy-cli), built if missing.
+pub fn bin() -> std::path::PathBuf {
+    pier_tests::binary("pier-proxy-cli", "pier-proxy")
+}
 
 /// A port free at the time of asking.
 pub fn free_port() -> u16 {
@@ -65,7 +68,7 @@ pub struct Echo {
 
 pub fn echo(name: &str) -> Echo {
     let port = free_port();
-    let child = Command::new(BIN)
+    let child = Command::new(bin())
         .args([
             "--threads",
             "1",
@@ -102,7 +105,7 @@ impl Proxy {
         let admin = free_port();
         let logs_dir = tempfile::tempdir().unwrap();
         let log = logs_dir.path().join("proxy.log");
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args([
                 "--manifests",
                 &dir.path().to_string_lossy(),

@@ -11,7 +11,7 @@ use pier_proxy::routing::Shared;
 use pier_proxy::service::PierProxy;
 use pier_proxy::udp::UdpForwarder;
 use pier_snapshot::{DeltaKeys, PortProtocol, Snapshot};
-use pier_translate::{translate, TranslateOptions};
+use pier_translate::TranslateOptions;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
@@ -64,7 +64,9 @@ fn echo_service(listen: &str, name: &str) -> Service<HttpServer<Echo>> {
     service
 }
 
-/// Standalone source: translate the folder in-process and follow its changes.
+/// Standalone source: translate the folder in-process and follow its
+/// changes; each change swaps in only what moved (endpoint churn never
+/// rebuilds the route table).
 fn serve_manifests(
     args: &Args,
     dir: &std::path::Path,
@@ -75,38 +77,31 @@ fn serve_manifests(
         ingress_https_port: args.ingress_https_port,
         ..Default::default()
     };
-    let state = pier_manifests::load_dir(dir)
-        .map_err(anyhow::Error::new)
-        .context("cannot load manifests")?;
-    let first = translate(&state, &options);
-    for w in &first.warnings {
-        tracing::warn!(object = %w.object, message = %w.message, "translation warning");
-    }
-    let current = Arc::new(Mutex::new(Snapshot::empty()));
-    current.lock().expect("fresh mutex").advance(first.snapshot);
-    let snapshot = current.lock().expect("fresh mutex").clone();
-    shared
-        .install(snapshot.clone())
-        .context("the manifests do not make a valid snapshot")?;
-    // Hot reload: every change of the folder becomes the next snapshot.
-    let shared = shared.clone();
-    let watcher = pier_manifests::watch_with_settle(dir, std::time::Duration::from_millis(args.reload_settle_ms), move |loaded| match loaded {
-        Ok(state) => {
-            let out = translate(&state, &options);
-            let mut cur = current.lock().unwrap_or_else(|e| e.into_inner());
-            let diff = cur.advance(out.snapshot);
-            if !diff.is_empty() {
-                // Only what changed is rebuilt: endpoint churn keeps the route table.
-                let _ = shared.apply(&cur, Some(&DeltaKeys::from(&diff)));
+    let first = Arc::new(Mutex::new(None));
+    let (installed, shared) = (first.clone(), shared.clone());
+    let watcher = pier_manifests::follow_dir(
+        dir,
+        options,
+        std::time::Duration::from_millis(args.reload_settle_ms),
+        move |u| {
+            if u.first {
+                let result = shared
+                    .install(u.snapshot.clone())
+                    .map(|_| u.snapshot.clone());
+                *installed.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            } else {
+                let _ = shared.apply(u.snapshot, Some(&DeltaKeys::from(u.diff)));
             }
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                tracing::error!(file = %e.file.display(), line = e.line, message = %e.message, "manifest rejected; keeping the last good snapshot");
-            }
-        }
-    })
-    .context("cannot watch the manifest folder")?;
+        },
+    )
+    .map_err(anyhow::Error::new)?;
+    let first = first
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .expect("follow_dir calls back once before returning");
+    let snapshot =
+        first.map_err(|e| anyhow::anyhow!("the manifests do not make a valid snapshot: {e}"))?;
     Ok((snapshot, watcher))
 }
 

@@ -12,9 +12,8 @@ use pier_agent::loader::{
 use pier_agent::maps::Config;
 use pier_agent::plan::NodeInfo;
 use pier_agent::planner::Planner;
-use pier_translate::{translate, TranslateOptions};
+use pier_translate::TranslateOptions;
 use std::path::PathBuf;
-use std::sync::mpsc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -105,43 +104,6 @@ fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
-/// The addresses of an interface (IPv4, and IPv6 other than link-local).
-fn interface_addresses(name: &str) -> Vec<std::net::IpAddr> {
-    let mut found = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list` with a linked list we only read and
-    // then free with freeifaddrs; every pointer is checked for null first.
-    #[allow(unsafe_code)]
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return found;
-        }
-        let mut cursor = list;
-        while !cursor.is_null() {
-            let entry = &*cursor;
-            let named = std::ffi::CStr::from_ptr(entry.ifa_name).to_bytes() == name.as_bytes();
-            let family = if entry.ifa_addr.is_null() {
-                -1
-            } else {
-                i32::from((*entry.ifa_addr).sa_family)
-            };
-            if named && family == libc::AF_INET {
-                let sin = &*(entry.ifa_addr as *const libc::sockaddr_in);
-                found.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
-            } else if named && family == libc::AF_INET6 {
-                let sin6 = &*(entry.ifa_addr as *const libc::sockaddr_in6);
-                let a = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                if a.segments()[0] & 0xffc0 != 0xfe80 {
-                    found.push(a.into());
-                }
-            }
-            cursor = entry.ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    found
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Detach the hooks and remove the pinned links and maps.
@@ -201,7 +163,7 @@ fn run(args: Args) -> Result<()> {
         addresses = args
             .interfaces
             .iter()
-            .flat_map(|i| interface_addresses(i))
+            .flat_map(|i| pier_agent::interfaces::addresses(i))
             .collect();
     }
     let addresses6: Vec<std::net::Ipv6Addr> = addresses
@@ -307,7 +269,7 @@ fn run(args: Args) -> Result<()> {
         .follower_config(subscriber)
         .context("snapshot stream")?;
     match (&args.manifests, stream_config) {
-        (Some(dir), None) => follow_manifests(dir, &mut programmer),
+        (Some(dir), None) => follow_manifests(dir, programmer),
         (None, Some(config)) => {
             // The pinned maps keep traffic flowing whatever happens here; the
             // follower installs the state dir's snapshot, then the controller's.
@@ -403,30 +365,19 @@ impl Programmer {
     }
 }
 
-/// Standalone source: translate the folder in-process and follow its changes.
-fn follow_manifests(dir: &std::path::Path, programmer: &mut Programmer) -> Result<()> {
-    let (tx, rx) = mpsc::channel();
-    let _watcher = pier_manifests::watch(dir, move |r| {
-        let _ = tx.send(r);
-    })
-    .context("cannot watch the manifest folder")?;
-    let options = TranslateOptions::default();
-    let mut loaded = Some(pier_manifests::load_dir(dir));
+/// Standalone source: translate the folder in-process and follow its
+/// changes (only what moved is re-planned).
+fn follow_manifests(dir: &std::path::Path, mut programmer: Programmer) -> Result<()> {
+    let _watcher = pier_manifests::follow_dir(
+        dir,
+        TranslateOptions::default(),
+        pier_manifests::SETTLE,
+        move |u| {
+            let changed = (!u.first).then(|| pier_snapshot::DeltaKeys::from(u.diff));
+            programmer.program(u.snapshot, changed.as_ref(), std::time::Instant::now())
+        },
+    )?;
     loop {
-        match loaded.take().expect("set before each turn") {
-            Ok(state) => {
-                let started = std::time::Instant::now();
-                programmer.program(&translate(&state, &options).snapshot, None, started);
-            }
-            Err(errors) => {
-                for e in &errors.0 {
-                    tracing::error!(file = %e.file.display(), line = e.line, message = %e.message, "manifest rejected; maps keep their last good content");
-                }
-            }
-        }
-        match rx.recv() {
-            Ok(r) => loaded = Some(r),
-            Err(_) => return Ok(()),
-        }
+        std::thread::park();
     }
 }
