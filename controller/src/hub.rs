@@ -1,22 +1,25 @@
 //! The latest published snapshot, shared by every producer (manifest folder,
 //! Kubernetes watches) and every consumer (the snapshot stream server).
 //!
-//! Producers call [`Hub::publish`]; the hub turns the translation into the
-//! next versioned snapshot (`Snapshot::advance`), so versions only move when
-//! content moves. Consumers hold a `watch::Receiver` and always see the latest
-//! state only: a slow consumer skips intermediate snapshots instead of
-//! queueing them.
+//! Producers call [`Hub::publish`]; the hub gives each part of the next
+//! snapshot its version (moved only when the content moved) and computes
+//! the delta from the previous publication once, for every subscriber that
+//! is up to date. Consumers hold a `watch::Receiver` and always see the
+//! latest publication only: a slow consumer skips intermediate ones instead
+//! of queueing them. Publications are shared (`Arc`), never copied.
 
-use pier_snapshot::Snapshot;
+use pier_snapshot::{make_delta_parts, Delta, Parts, Snapshot, Versioned, SCHEMA_VERSION};
 use pier_translate::ClusterState;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// One published state.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Publication {
     /// The versioned snapshot of the whole cluster.
     pub snapshot: Arc<Snapshot>,
+    /// The delta from publication `seq - 1` (`None` for the first).
+    pub delta: Option<Delta>,
     /// The cluster state the routes were translated from, kept so that scoped
     /// subscribers (a proxy serving some Gateways) can be given a translation
     /// of only what they serve. Endpoint-only changes keep the previous one.
@@ -28,46 +31,75 @@ pub struct Publication {
 }
 
 pub struct Hub {
-    current: Mutex<Snapshot>,
+    /// Serialises producers (versions are assigned in order).
+    publishing: Mutex<()>,
     tx: watch::Sender<Option<Arc<Publication>>>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Hub {
-            current: Mutex::new(Snapshot::empty()),
+            publishing: Mutex::new(()),
             tx: watch::channel(None).0,
         }
     }
 }
 
+/// Gives `next` the version of `prev` when their content is equal, the
+/// next version otherwise; returns whether it moved.
+fn carry<T: PartialEq>(prev: &Versioned<T>, next: &mut Versioned<T>) -> bool {
+    if prev.data == next.data {
+        next.version = prev.version;
+        false
+    } else {
+        next.version = prev.version + 1;
+        true
+    }
+}
+
 impl Hub {
     /// Publishes the next translation. `state` is `None` when only endpoints
-    /// changed (the routes part cannot have moved). Returns whether anything
-    /// changed.
-    pub fn publish(&self, next: Snapshot, state: Option<Arc<ClusterState>>) -> bool {
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let first = self.tx.borrow().is_none();
-        let changed = !current.advance(next).is_empty();
-        if !(changed || first || state.is_some()) {
+    /// changed (the routes part cannot have moved). Returns whether the
+    /// snapshot changed.
+    pub fn publish(&self, mut next: Snapshot, state: Option<Arc<ClusterState>>) -> bool {
+        let _one_at_a_time = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.tx.borrow().clone();
+        let empty = Snapshot::empty();
+        let prev = previous.as_ref().map_or(&empty, |p| &p.snapshot);
+        next.schema = SCHEMA_VERSION;
+        let moved = [
+            carry(&prev.routes, &mut next.routes),
+            carry(&prev.backends, &mut next.backends),
+            carry(&prev.services, &mut next.services),
+            carry(&prev.policies, &mut next.policies),
+            carry(&prev.certificates, &mut next.certificates),
+        ];
+        let changed = moved.contains(&true);
+        if previous.is_some() && !changed && state.is_none() {
             return false;
         }
-        let snapshot = Arc::new(current.clone());
-        self.tx.send_modify(|slot| {
-            let (state, state_generation) = match (state, slot.as_ref()) {
-                (Some(s), prev) => (s, prev.map_or(1, |p| p.state_generation + 1)),
-                (None, Some(prev)) => (prev.state.clone(), prev.state_generation),
-                (None, None) => (Arc::new(ClusterState::default()), 1),
-            };
-            let seq = slot.as_ref().map_or(1, |p| p.seq + 1);
-            *slot = Some(Arc::new(Publication {
-                snapshot,
-                state,
-                state_generation,
-                seq,
-            }));
-        });
-        changed || first
+        let (snapshot, delta) = match &previous {
+            Some(p) if !changed => (p.snapshot.clone(), Some(Delta::default())),
+            Some(p) => {
+                let delta = make_delta_parts(&p.snapshot, &next, Parts::ALL);
+                (Arc::new(next), Some(delta))
+            }
+            None => (Arc::new(next), None),
+        };
+        let (state, state_generation) = match (state, &previous) {
+            (Some(s), prev) => (s, prev.as_ref().map_or(1, |p| p.state_generation + 1)),
+            (None, Some(prev)) => (prev.state.clone(), prev.state_generation),
+            (None, None) => (Arc::new(ClusterState::default()), 1),
+        };
+        let seq = previous.as_ref().map_or(1, |p| p.seq + 1);
+        self.tx.send_replace(Some(Arc::new(Publication {
+            snapshot,
+            delta,
+            state,
+            state_generation,
+            seq,
+        })));
+        changed || previous.is_none()
     }
 
     /// Follows publications (the first `borrow` may be `None`: nothing yet).
@@ -77,5 +109,45 @@ impl Hub {
 
     pub fn latest(&self) -> Option<Arc<Publication>> {
         self.tx.borrow().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_move_only_with_content_and_the_delta_is_computed_once() {
+        let hub = Hub::default();
+        let mut s = Snapshot::empty();
+        assert!(hub.publish(s.clone(), None));
+        let first = hub.latest().unwrap();
+        assert!(first.delta.is_none());
+        assert!(
+            !hub.publish(s.clone(), None),
+            "same content: nothing published"
+        );
+        assert_eq!(hub.latest().unwrap().seq, 1);
+        // A new state without a snapshot change is published (scoped views
+        // may differ) and shares the snapshot.
+        assert!(!hub.publish(s.clone(), Some(Arc::new(ClusterState::default()))));
+        let second = hub.latest().unwrap();
+        assert_eq!((second.seq, second.state_generation), (2, 2));
+        assert!(Arc::ptr_eq(&first.snapshot, &second.snapshot));
+        assert!(second.delta.as_ref().unwrap().is_empty());
+        // A change moves one part's version and carries its delta.
+        s.certificates.data.insert(
+            "ns/tls".into(),
+            pier_snapshot::Certificate {
+                chain_pem: "chain".into(),
+                private_key_pem: pier_snapshot::PrivateKeyPem("key".into()),
+            },
+        );
+        assert!(hub.publish(s, None));
+        let third = hub.latest().unwrap();
+        assert_eq!(third.snapshot.certificates.version, 1);
+        assert_eq!(third.snapshot.routes.version, 0);
+        let delta = third.delta.as_ref().unwrap();
+        assert!(delta.certificates.is_some() && delta.routes.is_none() && delta.backends.is_none());
     }
 }

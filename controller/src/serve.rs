@@ -9,10 +9,9 @@
 //! silent for three heartbeat intervals, is dropped.
 
 use crate::hub::Hub;
-use crate::views::{ViewKey, Views};
+use crate::views::{Position, ViewKey, Views};
 use anyhow::{bail, Context, Result};
-use pier_snapshot::{make_delta, Message, Snapshot};
-use pier_stream::{read_frame, write_frame, Frame, Hello, PROTOCOL_VERSION};
+use pier_stream::{read_frame, write_encoded, Frame, Hello, PROTOCOL_VERSION};
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +71,10 @@ impl StreamMetrics {
         Ok(m)
     }
 }
+
+/// A heartbeat frame, encoded once.
+static HEARTBEAT: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| Frame::Heartbeat.encode());
 
 pub struct StreamServer {
     hub: Arc<Hub>,
@@ -216,7 +219,7 @@ impl StreamServer {
 
         let key = ViewKey::of(&subscriber);
         let mut publications = self.hub.subscribe();
-        let mut sent: Option<Arc<Snapshot>> = None;
+        let mut sent: Option<Position> = None;
         let mut beat = tokio::time::interval(self.options.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = true;
@@ -225,27 +228,17 @@ impl StreamServer {
                 pending = false;
                 let publication = publications.borrow_and_update().clone();
                 if let Some(publication) = publication {
-                    let view = self.views.get(&key, &publication);
-                    let message = match &sent {
-                        Some(prev) if Arc::ptr_eq(prev, &view) => None,
-                        Some(prev) => {
-                            let delta = make_delta(prev, &view);
-                            (delta != Default::default()).then_some(Message::Delta(delta))
-                        }
-                        None => Some(Message::Full((*view).clone())),
-                    };
-                    if let Some(message) = message {
-                        let kind = if matches!(message, Message::Full(_)) {
-                            "full"
-                        } else {
-                            "delta"
-                        };
-                        self.send(&mut wr, &Frame::Message(message), kind).await?;
+                    let to = self.views.position(&key, &publication);
+                    let frame = self.views.frame(&key, sent.as_ref(), &to);
+                    if let Some(bytes) = frame {
+                        let kind = if sent.is_none() { "full" } else { "delta" };
+                        self.send(&mut wr, &bytes, kind).await?;
+                        // Only a frame sent counts as a sign of life.
+                        beat.reset();
                     }
-                    sent = Some(view);
+                    sent = Some(to);
                     let latest = publications.borrow().as_ref().map_or(0, |p| p.seq);
                     lag.set(latest.saturating_sub(publication.seq) as i64);
-                    beat.reset();
                 }
             }
             tokio::select! {
@@ -255,7 +248,7 @@ impl StreamServer {
                     }
                     pending = true;
                 }
-                _ = beat.tick() => self.send(&mut wr, &Frame::Heartbeat, "heartbeat").await?,
+                _ = beat.tick() => self.send(&mut wr, &HEARTBEAT, "heartbeat").await?,
                 why = &mut reader => {
                     let why = why.unwrap_or("reader failed");
                     self.metrics.dropped.with_label_values(&[why]).inc();
@@ -268,10 +261,10 @@ impl StreamServer {
     async fn send<W: AsyncWrite + Unpin>(
         &self,
         wr: &mut W,
-        frame: &Frame,
+        bytes: &[u8],
         kind: &str,
     ) -> Result<()> {
-        match tokio::time::timeout(self.options.write_timeout, write_frame(wr, frame)).await {
+        match tokio::time::timeout(self.options.write_timeout, write_encoded(wr, bytes)).await {
             Ok(Ok(())) => {
                 self.metrics.frames.with_label_values(&[kind]).inc();
                 Ok(())
@@ -339,12 +332,63 @@ pub fn serve_manifests(
         })
 }
 
+/// A plaintext stream server on a free loopback port, running on a runtime
+/// of its own (for tests and benches): its address, metrics and runtime.
+pub fn serve_on_loopback(
+    hub: Arc<Hub>,
+    heartbeat: Duration,
+    write_timeout: Duration,
+) -> Result<(SocketAddr, StreamMetrics, tokio::runtime::Runtime)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let metrics = StreamMetrics::new(&Registry::new())?;
+    let server = Arc::new(StreamServer::new(
+        hub,
+        Arc::new(Views::new(Default::default())),
+        StreamOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            heartbeat,
+            write_timeout,
+        },
+        metrics.clone(),
+    )?);
+    let listener = runtime.block_on(server.bind())?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(server.run(listener));
+    Ok((addr, metrics, runtime))
+}
+
+/// A subscriber that says hello and keeps sending heartbeats but never
+/// reads (for tests and benches); it stops when the returned flag is set.
+pub fn stalled_subscriber(addr: SocketAddr) -> std::io::Result<Arc<std::sync::atomic::AtomicBool>> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    let hello = Frame::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        subscriber: pier_stream::Subscriber::Agent {
+            node: "stalled".into(),
+        },
+    });
+    conn.write_all(&hello.encode())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) && conn.write_all(&HEARTBEAT).is_ok() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    Ok(stop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pier_snapshot::{AppProtocol, BackendSet, Endpoint, LoadBalancing};
+    use pier_snapshot::{AppProtocol, BackendSet, Endpoint, LoadBalancing, Snapshot};
     use pier_stream::{FollowerConfig, Subscriber};
-    use std::io::Write;
 
     fn rss_kib() -> u64 {
         std::fs::read_to_string("/proc/self/status")
@@ -384,48 +428,13 @@ mod tests {
 
     #[test]
     fn a_stalled_subscriber_costs_bounded_memory_and_is_dropped_while_others_keep_up() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
         let hub = Arc::new(Hub::default());
         hub.publish(snapshot(0), None);
-        let registry = Registry::new();
-        let metrics = StreamMetrics::new(&registry).unwrap();
-        let server = Arc::new(
-            StreamServer::new(
-                hub.clone(),
-                Arc::new(Views::new(Default::default())),
-                StreamOptions {
-                    listen: "127.0.0.1:0".parse().unwrap(),
-                    tls: None,
-                    heartbeat: Duration::from_secs(1),
-                    write_timeout: Duration::from_secs(2),
-                },
-                metrics.clone(),
-            )
-            .unwrap(),
-        );
-        let listener = runtime.block_on(server.bind()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        runtime.spawn(server.run(listener));
+        let (addr, metrics, _runtime) =
+            serve_on_loopback(hub.clone(), Duration::from_secs(1), Duration::from_secs(2)).unwrap();
 
         // The stalled one: says hello, keeps sending heartbeats, never reads.
-        let mut stalled = std::net::TcpStream::connect(addr).unwrap();
-        let hello = Frame::Hello(Hello {
-            protocol: PROTOCOL_VERSION,
-            subscriber: Subscriber::Agent {
-                node: "stalled".into(),
-            },
-        });
-        stalled.write_all(&hello.encode()).unwrap();
-        let mut beating = stalled.try_clone().unwrap();
-        std::thread::spawn(move || {
-            while beating.write_all(&Frame::Heartbeat.encode()).is_ok() {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
+        let _stalled = stalled_subscriber(addr).unwrap();
         // A healthy one, through the data planes' own follower.
         // The view has versions of its own: follow the content.
         let last = Arc::new(std::sync::Mutex::new(None));
@@ -475,5 +484,38 @@ mod tests {
         }
         assert!(status.connected());
         assert_eq!(metrics.subscribers.get(), 1);
+    }
+
+    #[test]
+    fn a_subscriber_whose_view_does_not_move_still_hears_heartbeats() {
+        let hub = Arc::new(Hub::default());
+        hub.publish(snapshot(0), None);
+        let (addr, _metrics, _runtime) = serve_on_loopback(
+            hub.clone(),
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let mut config =
+            FollowerConfig::new(addr.to_string(), Subscriber::Agent { node: "n".into() });
+        config.heartbeat = Duration::from_millis(300);
+        let status = pier_stream::spawn_follower(config, |_, _| {}).unwrap();
+        assert!(status.wait_installed(Duration::from_secs(10)));
+        // Routes move every 100 ms for 3 s: nothing an agent sees.
+        for i in 0..30u16 {
+            let mut s = snapshot(0);
+            s.routes.data.listeners.push(pier_snapshot::PortListener {
+                port: 1000 + i,
+                protocol: pier_snapshot::PortProtocol::Http,
+                sources: Vec::new(),
+                tls: Vec::new(),
+                virtual_hosts: Vec::new(),
+                l4: None,
+            });
+            hub.publish(s, None);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(status.connected(), "{}", status.describe());
+        assert_eq!(status.breaks(), 0, "{}", status.describe());
     }
 }

@@ -1,20 +1,21 @@
-//! What each kind of subscriber may see of a publication.
-//!
-//! Every view is its own versioned snapshot (advanced with
-//! `Snapshot::advance`), so a part a view leaves out never moves, and a change
-//! to a Gateway a proxy does not serve never reaches it. Views are shared by
-//! every subscriber of the same kind and scope, and computed once per
-//! publication.
+//! What each kind of subscriber may see of a publication, and the frames
+//! that bring it there.
 //!
 //! - an agent sees L4 services, backends and policies; never routes or
 //!   private keys;
-//! - a proxy sees routes, backends and the certificates of what it serves:
-//!   a proxy scoped to some Gateways gets a translation of only those, so it
-//!   never receives another Gateway's private key.
+//! - a proxy sees routes, backends and certificates. A proxy scoped to some
+//!   Gateways (or without Ingresses) gets routes and certificates from a
+//!   translation of only what it serves (an *overlay*, with versions of its
+//!   own), so it never receives another Gateway's private key.
+//!
+//! Views are never materialised per subscriber: a subscriber's position is
+//! the publication (and overlay) it was last sent. Frames are encoded once
+//! per (view, from, to) and shared by every subscriber in the same place,
+//! so a change fans out to many data planes at the cost of one.
 
 use crate::hub::Publication;
-use pier_snapshot::Snapshot;
-use pier_stream::{ProxyScope, Subscriber};
+use pier_snapshot::{make_delta_parts, Message, Parts, Snapshot};
+use pier_stream::{Frame, ProxyScope, Subscriber};
 use pier_translate::{translate, ClusterState, TranslateOptions};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,35 @@ pub enum ViewKey {
     Proxy(ProxyScope),
 }
 
+const AGENT: Parts = Parts {
+    routes: false,
+    backends: true,
+    services: true,
+    policies: true,
+    certificates: false,
+};
+const PROXY: Parts = Parts {
+    routes: true,
+    backends: true,
+    services: false,
+    policies: false,
+    certificates: true,
+};
+const BACKENDS: Parts = Parts {
+    routes: false,
+    backends: true,
+    services: false,
+    policies: false,
+    certificates: false,
+};
+const OVERLAY: Parts = Parts {
+    routes: true,
+    backends: false,
+    services: false,
+    policies: false,
+    certificates: true,
+};
+
 impl ViewKey {
     pub fn of(subscriber: &Subscriber) -> ViewKey {
         match subscriber {
@@ -32,86 +62,147 @@ impl ViewKey {
             Subscriber::Proxy { scope, .. } => ViewKey::Proxy(scope.clone()),
         }
     }
+
+    fn scope(&self) -> Option<&ProxyScope> {
+        match self {
+            ViewKey::Proxy(scope) if *scope != ProxyScope::default() => Some(scope),
+            _ => None,
+        }
+    }
+
+    /// The parts taken from the publication itself.
+    fn shared_parts(&self) -> Parts {
+        match self {
+            ViewKey::Agent => AGENT,
+            ViewKey::Proxy(_) if self.scope().is_some() => BACKENDS,
+            ViewKey::Proxy(_) => PROXY,
+        }
+    }
 }
 
-struct ViewState {
-    publication_seq: u64,
+/// Where a subscriber stands: the publication it was last sent, and for a
+/// scoped proxy the overlay.
+#[derive(Clone)]
+pub struct Position {
+    pub publication: Arc<Publication>,
+    pub overlay: Option<Arc<Snapshot>>,
+}
+
+struct Overlay {
     state_generation: u64,
     current: Arc<Snapshot>,
 }
 
+type FrameKey = (ViewKey, Option<u64>, u64);
+
 pub struct Views {
     options: TranslateOptions,
-    views: Mutex<HashMap<ViewKey, ViewState>>,
+    overlays: Mutex<HashMap<ProxyScope, Overlay>>,
+    frames: Mutex<HashMap<FrameKey, Option<Arc<Vec<u8>>>>>,
 }
 
 impl Views {
     pub fn new(options: TranslateOptions) -> Self {
         Views {
             options,
-            views: Mutex::new(HashMap::new()),
+            overlays: Mutex::new(HashMap::new()),
+            frames: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The view of `publication` for `key` (the same `Arc` for every
-    /// subscriber of that view until the next publication).
-    pub fn get(&self, key: &ViewKey, publication: &Publication) -> Arc<Snapshot> {
-        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = views.get(key) {
-            if v.publication_seq == publication.seq {
-                return v.current.clone();
+    /// Where a subscriber of `key` stands once sent `publication`.
+    pub fn position(&self, key: &ViewKey, publication: &Arc<Publication>) -> Position {
+        Position {
+            publication: publication.clone(),
+            overlay: key.scope().map(|scope| self.overlay(scope, publication)),
+        }
+    }
+
+    /// The encoded frame that brings a subscriber of `key` from `from`
+    /// (`None`: nothing yet, a full snapshot) to `to`; `None` when nothing it
+    /// sees changed.
+    pub fn frame(
+        &self,
+        key: &ViewKey,
+        from: Option<&Position>,
+        to: &Position,
+    ) -> Option<Arc<Vec<u8>>> {
+        let id = (
+            key.clone(),
+            from.map(|p| p.publication.seq),
+            to.publication.seq,
+        );
+        if let Some(frame) = self
+            .frames
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            return frame.clone();
+        }
+        let frame = self
+            .build(key, from, to)
+            .map(|m| Arc::new(Frame::Message(m).encode()));
+        let mut frames = self.frames.lock().unwrap_or_else(|e| e.into_inner());
+        // Only frames towards the newest publication are useful again.
+        frames.retain(|(_, _, seq), _| *seq >= to.publication.seq);
+        frames.insert(id, frame.clone());
+        frame
+    }
+
+    fn build(&self, key: &ViewKey, from: Option<&Position>, to: &Position) -> Option<Message> {
+        let shared = key.shared_parts();
+        let Some(from) = from else {
+            let mut full = to.publication.snapshot.project(shared);
+            if let Some(overlay) = &to.overlay {
+                full.routes = overlay.routes.clone();
+                full.certificates = overlay.certificates.clone();
+            }
+            return Some(Message::Full(full));
+        };
+        let (a, b) = (&from.publication, &to.publication);
+        let mut delta = match &b.delta {
+            // Up to date: the hub's delta, computed once for everyone.
+            Some(delta) if b.seq == a.seq + 1 => delta.restricted(shared),
+            _ => make_delta_parts(&a.snapshot, &b.snapshot, shared),
+        };
+        if let (Some(old), Some(new)) = (&from.overlay, &to.overlay) {
+            if !Arc::ptr_eq(old, new) {
+                let d = make_delta_parts(old, new, OVERLAY);
+                delta.routes = d.routes;
+                delta.certificates = d.certificates;
             }
         }
-        let previous = views.get(key);
-        let next = self.compute(key, publication, previous);
-        let mut current = previous.map_or_else(Snapshot::empty, |v| (*v.current).clone());
+        (!delta.is_empty()).then_some(Message::Delta(delta))
+    }
+
+    /// The routes and certificates of what `scope` serves, translated once
+    /// per change of the cluster state (endpoint changes keep it).
+    fn overlay(&self, scope: &ProxyScope, publication: &Publication) -> Arc<Snapshot> {
+        let mut overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = overlays.get(scope) {
+            if o.state_generation == publication.state_generation {
+                return o.current.clone();
+            }
+        }
+        let scoped = scoped_state(&publication.state, scope);
+        let t = translate(&scoped, &self.options).snapshot;
+        let mut next = Snapshot::empty();
+        next.routes.data = t.routes.data;
+        next.certificates.data = t.certificates.data;
+        let mut current = overlays
+            .get(scope)
+            .map_or_else(Snapshot::empty, |o| (*o.current).clone());
         current.advance(next);
         let current = Arc::new(current);
-        views.insert(
-            key.clone(),
-            ViewState {
-                publication_seq: publication.seq,
+        overlays.insert(
+            scope.clone(),
+            Overlay {
                 state_generation: publication.state_generation,
                 current: current.clone(),
             },
         );
         current
-    }
-
-    fn compute(
-        &self,
-        key: &ViewKey,
-        publication: &Publication,
-        previous: Option<&ViewState>,
-    ) -> Snapshot {
-        let full = &publication.snapshot;
-        let mut view = Snapshot::empty();
-        match key {
-            ViewKey::Agent => {
-                view.backends.data = full.backends.data.clone();
-                view.services.data = full.services.data.clone();
-                view.policies.data = full.policies.data.clone();
-            }
-            ViewKey::Proxy(scope) => {
-                view.backends.data = full.backends.data.clone();
-                if *scope == ProxyScope::default() {
-                    view.routes.data = full.routes.data.clone();
-                    view.certificates.data = full.certificates.data.clone();
-                } else if let Some(prev) =
-                    previous.filter(|p| p.state_generation == publication.state_generation)
-                {
-                    // Only endpoints moved: the scoped routes cannot have.
-                    view.routes.data = prev.current.routes.data.clone();
-                    view.certificates.data = prev.current.certificates.data.clone();
-                } else {
-                    let scoped = scoped_state(&publication.state, scope);
-                    let t = translate(&scoped, &self.options);
-                    view.routes.data = t.snapshot.routes.data;
-                    view.certificates.data = t.snapshot.certificates.data;
-                }
-            }
-        }
-        view
     }
 }
 

@@ -117,6 +117,99 @@ fn part_replace<T: Clone + PartialEq>(
     })
 }
 
+/// Which parts of a snapshot a data plane is given (an agent never gets
+/// routes or certificates, a proxy never gets L4 services or policies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Parts {
+    pub routes: bool,
+    pub backends: bool,
+    pub services: bool,
+    pub policies: bool,
+    pub certificates: bool,
+}
+
+impl Parts {
+    pub const ALL: Parts = Parts {
+        routes: true,
+        backends: true,
+        services: true,
+        policies: true,
+        certificates: true,
+    };
+}
+
+impl Snapshot {
+    /// A copy holding only `parts`; the others are empty at version 0.
+    pub fn project(&self, parts: Parts) -> Snapshot {
+        fn take<T: Clone + Default>(on: bool, part: &Versioned<T>) -> Versioned<T> {
+            if on {
+                part.clone()
+            } else {
+                Versioned::default()
+            }
+        }
+        Snapshot {
+            schema: self.schema,
+            routes: take(parts.routes, &self.routes),
+            backends: take(parts.backends, &self.backends),
+            services: take(parts.services, &self.services),
+            policies: take(parts.policies, &self.policies),
+            certificates: take(parts.certificates, &self.certificates),
+        }
+    }
+}
+
+/// The delta of `parts` from `old` to `new`, for snapshots whose versions
+/// keep their promise (equal version, equal content — what
+/// `Snapshot::advance` and every producer of a stream maintain): a part
+/// whose version did not move is skipped without comparing its content.
+pub fn make_delta_parts(old: &Snapshot, new: &Snapshot, parts: Parts) -> Delta {
+    fn moved<T>(on: bool, old: &Versioned<T>, new: &Versioned<T>) -> bool {
+        on && old.version != new.version
+    }
+    Delta {
+        routes: moved(parts.routes, &old.routes, &new.routes)
+            .then(|| part_replace(&old.routes, &new.routes))
+            .flatten(),
+        backends: moved(parts.backends, &old.backends, &new.backends)
+            .then(|| keyed_delta(&old.backends, &new.backends))
+            .flatten(),
+        services: moved(parts.services, &old.services, &new.services)
+            .then(|| keyed_delta(&old.services, &new.services))
+            .flatten(),
+        policies: moved(parts.policies, &old.policies, &new.policies)
+            .then(|| part_replace(&old.policies, &new.policies))
+            .flatten(),
+        certificates: moved(parts.certificates, &old.certificates, &new.certificates)
+            .then(|| keyed_delta(&old.certificates, &new.certificates))
+            .flatten(),
+    }
+}
+
+impl Delta {
+    /// Only the changes to `parts`.
+    pub fn restricted(&self, parts: Parts) -> Delta {
+        Delta {
+            routes: parts.routes.then(|| self.routes.clone()).flatten(),
+            backends: parts.backends.then(|| self.backends.clone()).flatten(),
+            services: parts.services.then(|| self.services.clone()).flatten(),
+            policies: parts.policies.then(|| self.policies.clone()).flatten(),
+            certificates: parts
+                .certificates
+                .then(|| self.certificates.clone())
+                .flatten(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_none()
+            && self.backends.is_none()
+            && self.services.is_none()
+            && self.policies.is_none()
+            && self.certificates.is_none()
+    }
+}
+
 /// The delta that turns `old` into `new`.
 pub fn make_delta(old: &Snapshot, new: &Snapshot) -> Delta {
     Delta {

@@ -38,8 +38,9 @@ impl Publisher {
         // the base of the fast path.
         let mut base: Option<Snapshot> = None;
         let mut waiting_logged = false;
-        // When the last batch was taken: the start of the current window.
-        let mut last_batch: Option<Instant> = None;
+        // When the batch of the last publication was taken: the start of the
+        // current window (a batch that published nothing opens none).
+        let mut last_publish: Option<Instant> = None;
         loop {
             self.shared.changed.notified().await;
             let pending = self.shared.pending();
@@ -52,20 +53,20 @@ impl Publisher {
             }
             // Leading edge after a quiet period; otherwise batch what arrives
             // until the window ends (bounded latency under steady churn).
-            let wait = debounce_delay(last_batch, Instant::now(), self.debounce);
+            let wait = debounce_delay(last_publish, Instant::now(), self.debounce);
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
-            last_batch = Some(Instant::now());
+            let taken = Instant::now();
             let dirty = self.shared.take_dirty();
-            match base.as_mut() {
+            let published = match base.as_mut() {
                 Some(base) if !dirty.full => {
-                    if !dirty.services.is_empty() {
-                        self.endpoints_only(base, &dirty.services);
-                    }
+                    let published =
+                        !dirty.services.is_empty() && self.endpoints_only(base, &dirty.services);
                     if dirty.status {
                         self.recheck.notify_one();
                     }
+                    published
                 }
                 _ => {
                     let stores = self.stores.clone();
@@ -82,6 +83,9 @@ impl Publisher {
                         translate_seconds.observe(elapsed.as_secs_f64());
                         let snapshot = out.snapshot.clone();
                         let changed = hub.publish(out.snapshot, Some(state.clone()));
+                        if changed {
+                            log_published(&hub, "full");
+                        }
                         snapshot_bytes.set(pier_snapshot::encode_value(&snapshot).len() as i64);
                         (
                             state,
@@ -111,9 +115,13 @@ impl Publisher {
                         warnings,
                         state,
                     })));
+                    changed
                 }
+            };
+            if published {
+                last_publish = Some(taken);
+                self.record_versions();
             }
-            self.record_versions();
             if !self.ready.swap(true, Ordering::SeqCst) {
                 metrics.ready.set(1);
                 tracing::info!("initial lists in and first snapshot published: ready");
@@ -125,7 +133,7 @@ impl Publisher {
         &self,
         base: &mut Snapshot,
         services: &std::collections::BTreeSet<(String, String)>,
-    ) {
+    ) -> bool {
         let mut warnings = Vec::new();
         let mut changed = false;
         for (service, slices) in self.stores.services_with_slices(services) {
@@ -134,6 +142,7 @@ impl Publisher {
         }
         if changed {
             self.hub.publish(base.clone(), None);
+            log_published(&self.hub, "endpoints");
             self.shared
                 .metrics
                 .publishes
@@ -141,17 +150,12 @@ impl Publisher {
                 .inc();
             tracing::debug!(services = services.len(), "endpoints published");
         }
+        changed
     }
 
     fn record_versions(&self) {
         let Some(p) = self.hub.latest() else { return };
         let s = &p.snapshot;
-        tracing::debug!(
-            routes_version = s.routes.version,
-            backends_version = s.backends.version,
-            services_version = s.services.version,
-            "published"
-        );
         let versions = self.shared.metrics.snapshot_version.clone();
         versions
             .with_label_values(&["routes"])
@@ -171,11 +175,29 @@ impl Publisher {
     }
 }
 
-/// How long to wait before taking the next batch: nothing when no batch was
-/// taken within the last `debounce` (leading edge), else the rest of the
+/// When a publication reached the hub (what a propagation measurement
+/// splits the controller's part at).
+fn log_published(hub: &Hub, how: &'static str) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    if let Some(p) = hub.latest() {
+        let s = &p.snapshot;
+        tracing::debug!(
+            how,
+            routes_version = s.routes.version,
+            backends_version = s.backends.version,
+            services_version = s.services.version,
+            "published"
+        );
+    }
+}
+
+/// How long to wait before taking the next batch: nothing when nothing was
+/// published within the last `debounce` (leading edge), else the rest of the
 /// window (trailing edge, batching what arrives meanwhile).
-fn debounce_delay(last_batch: Option<Instant>, now: Instant, debounce: Duration) -> Duration {
-    match last_batch {
+fn debounce_delay(last_publish: Option<Instant>, now: Instant, debounce: Duration) -> Duration {
+    match last_publish {
         Some(last) => debounce.saturating_sub(now.saturating_duration_since(last)),
         None => Duration::ZERO,
     }

@@ -121,6 +121,16 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(out: &mut W, frame: &Frame) -> s
     out.flush().await
 }
 
+/// Writes a frame already encoded with [`Frame::encode`] (one encoding
+/// shared by many subscribers).
+pub async fn write_encoded<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    out.write_all(bytes).await?;
+    out.flush().await
+}
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> Result<Option<Frame>, FrameError> {
     let mut len = [0u8; 4];

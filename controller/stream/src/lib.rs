@@ -19,7 +19,8 @@ pub mod tls;
 pub use args::StreamClientArgs;
 pub use follower::{spawn_follower, ClientTls, FollowerConfig, Origin, StreamStatus};
 pub use frame::{
-    read_frame, write_frame, Frame, FrameError, Hello, ProxyScope, Subscriber, PROTOCOL_VERSION,
+    read_frame, write_encoded, write_frame, Frame, FrameError, Hello, ProxyScope, Subscriber,
+    PROTOCOL_VERSION,
 };
 pub use state::StateDir;
 pub use tls::{client_config, server_config, server_name, TlsFiles};
