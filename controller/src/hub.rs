@@ -8,7 +8,9 @@
 //! latest publication only: a slow consumer skips intermediate ones instead
 //! of queueing them. Publications are shared (`Arc`), never copied.
 
-use pier_snapshot::{make_delta_parts, Delta, Parts, Snapshot, Versioned, SCHEMA_VERSION};
+use pier_snapshot::{
+    make_delta_parts, Delta, KeyedDelta, Parts, Snapshot, Versioned, SCHEMA_VERSION,
+};
 use pier_translate::ClusterState;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -102,6 +104,56 @@ impl Hub {
         changed || previous.is_none()
     }
 
+    /// The endpoint fast path: publishes `next`, which differs from the
+    /// latest publication at most in the backend sets named by `keys` (the
+    /// producer knows what it touched). Nothing else is compared, so the
+    /// cost follows the change, not the cluster.
+    pub fn publish_backends(&self, mut next: Snapshot, keys: &[String]) -> bool {
+        let _one_at_a_time = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(previous) = self.tx.borrow().clone() else {
+            drop(_one_at_a_time);
+            return self.publish(next, None);
+        };
+        let prev = &previous.snapshot;
+        let mut upsert = std::collections::BTreeMap::new();
+        let mut remove = Vec::new();
+        for key in keys {
+            match (prev.backends.data.get(key), next.backends.data.get(key)) {
+                (old, Some(new)) if old != Some(new) => {
+                    upsert.insert(key.clone(), new.clone());
+                }
+                (Some(_), None) => remove.push(key.clone()),
+                _ => {}
+            }
+        }
+        if upsert.is_empty() && remove.is_empty() {
+            return false;
+        }
+        next.schema = SCHEMA_VERSION;
+        next.routes.version = prev.routes.version;
+        next.services.version = prev.services.version;
+        next.policies.version = prev.policies.version;
+        next.certificates.version = prev.certificates.version;
+        next.backends.version = prev.backends.version + 1;
+        let delta = Delta {
+            backends: Some(KeyedDelta {
+                base_version: prev.backends.version,
+                version: next.backends.version,
+                upsert,
+                remove,
+            }),
+            ..Delta::default()
+        };
+        self.tx.send_replace(Some(Arc::new(Publication {
+            snapshot: Arc::new(next),
+            delta: Some(delta),
+            state: previous.state.clone(),
+            state_generation: previous.state_generation,
+            seq: previous.seq + 1,
+        })));
+        true
+    }
+
     /// Follows publications (the first `borrow` may be `None`: nothing yet).
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Publication>>> {
         self.tx.subscribe()
@@ -149,5 +201,44 @@ mod tests {
         assert_eq!(third.snapshot.routes.version, 0);
         let delta = third.delta.as_ref().unwrap();
         assert!(delta.certificates.is_some() && delta.routes.is_none() && delta.backends.is_none());
+    }
+
+    #[test]
+    fn the_endpoint_fast_path_publishes_only_the_named_backend_sets() {
+        let hub = Hub::default();
+        let set = |port: u16| pier_snapshot::BackendSet {
+            protocol: Default::default(),
+            external_name: None,
+            port,
+            endpoints: Vec::new(),
+            load_balancing: Default::default(),
+        };
+        let mut s = Snapshot::empty();
+        s.backends.data.insert("ns/a:80".into(), set(80));
+        s.backends.data.insert("ns/b:80".into(), set(80));
+        hub.publish(s.clone(), None);
+        let before = hub.latest().unwrap();
+        s.backends.data.insert("ns/a:80".into(), set(81));
+        assert!(
+            !hub.publish_backends(s.clone(), &["ns/b:80".into()]),
+            "b did not move"
+        );
+        assert!(hub.publish_backends(s.clone(), &["ns/a:80".into(), "ns/b:80".into()]));
+        let after = hub.latest().unwrap();
+        assert_eq!(
+            after.snapshot.backends.version,
+            before.snapshot.backends.version + 1
+        );
+        assert_eq!(
+            after.snapshot.routes.version,
+            before.snapshot.routes.version
+        );
+        let d = after.delta.as_ref().unwrap().backends.as_ref().unwrap();
+        assert_eq!(d.upsert.keys().collect::<Vec<_>>(), vec!["ns/a:80"]);
+        // The same answer as the whole-snapshot path.
+        let hub2 = Hub::default();
+        hub2.publish((*before.snapshot).clone(), None);
+        hub2.publish(s, None);
+        assert_eq!(hub2.latest().unwrap().delta, after.delta);
     }
 }

@@ -70,7 +70,12 @@ impl Stores {
         &self,
         wanted: &BTreeSet<(String, String)>,
     ) -> Vec<(Arc<Service>, Vec<Arc<EndpointSlice>>)> {
-        let mut slices: HashMap<(&str, &str), Vec<Arc<EndpointSlice>>> = HashMap::new();
+        // Keyed by the wanted strings, so no key outlives `wanted` and the
+        // walk over every slice allocates nothing for the slices it skips.
+        let mut slices: HashMap<(&str, &str), Vec<Arc<EndpointSlice>>> = wanted
+            .iter()
+            .map(|(ns, name)| ((ns.as_str(), name.as_str()), Vec::new()))
+            .collect();
         let all = self.endpoint_slices.state();
         for slice in &all {
             let ns = slice.metadata.namespace.as_deref().unwrap_or_default();
@@ -82,12 +87,8 @@ impl Stores {
             else {
                 continue;
             };
-            // Borrowing the wanted key keeps the map's keys alive past `all`.
-            if let Some((wns, wname)) = wanted.get(&(ns.to_string(), service.clone())) {
-                slices
-                    .entry((wns.as_str(), wname.as_str()))
-                    .or_default()
-                    .push(slice.clone());
+            if let Some(list) = slices.get_mut(&(ns, service.as_str())) {
+                list.push(slice.clone());
             }
         }
         wanted

@@ -136,12 +136,26 @@ impl Publisher {
     ) -> bool {
         let mut warnings = Vec::new();
         let mut changed = false;
+        let mut keys = Vec::new();
         for (service, slices) in self.stores.services_with_slices(services) {
             let slices: Vec<_> = slices.iter().map(AsRef::as_ref).collect();
             changed |= apply_endpoint_update(base, &service, &slices, &mut warnings);
+            // The backend sets of this Service: `namespace/name:port`.
+            let prefix = format!(
+                "{}/{}:",
+                service.metadata.namespace.as_deref().unwrap_or_default(),
+                service.metadata.name.as_deref().unwrap_or_default()
+            );
+            keys.extend(
+                base.backends
+                    .data
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, _)| k.clone()),
+            );
         }
         if changed {
-            self.hub.publish(base.clone(), None);
+            self.hub.publish_backends(base.clone(), &keys);
             log_published(&self.hub, "endpoints");
             self.shared
                 .metrics
