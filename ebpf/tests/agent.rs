@@ -176,6 +176,10 @@ fn the_health_check_node_port_reports_local_endpoints() {
             assert!(answer.contains("\"localEndpoints\":0"), "{answer}");
             break;
         }
-        assert!(Instant::now() < deadline, "still healthy: {answer}");
+        assert!(
+            Instant::now() < deadline,
+            "still healthy: {answer}\nagent log:\n{}",
+            std::fs::read_to_string(log.path()).unwrap_or_default()
+        );
     }
 }

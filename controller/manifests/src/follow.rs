@@ -72,19 +72,19 @@ pub fn follow_dir<F>(
 where
     F: FnMut(Update<'_>) + Send + 'static,
 {
-    let state = load_dir(dir)?;
     let follower = Arc::new(Mutex::new(Follower {
         options,
         current: Snapshot::empty(),
         warned: BTreeSet::new(),
         on_update,
     }));
-    follower
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .step(state, true);
+    // The watch starts before the first load, and waits for it: a change
+    // made while the first load runs is never missed, and never applied
+    // before it.
+    let mut first = follower.lock().unwrap_or_else(|e| e.into_inner());
+    let watching = follower.clone();
     let watcher = watch_with_settle(dir, settle, move |loaded| match loaded {
-        Ok(state) => follower
+        Ok(state) => watching
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .step(state, false),
@@ -94,5 +94,7 @@ where
             }
         }
     })?;
+    first.step(load_dir(dir)?, true);
+    drop(first);
     Ok(watcher)
 }
