@@ -483,7 +483,16 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(status.connected());
-        assert_eq!(metrics.subscribers.get(), 1);
+        // The gauge drops when the session ends, just after the counter.
+        let start = std::time::Instant::now();
+        while metrics.subscribers.get() != 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "subscribers: {}",
+                metrics.subscribers.get()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
