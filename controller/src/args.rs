@@ -99,7 +99,14 @@ pub struct Source {
     /// Folder of multi-document YAML manifests (standalone mode).
     #[arg(long, value_name = "DIR")]
     pub manifests: PathBuf,
-    /// IngressClass name served when no IngressClass object names a controller.
+    #[command(flatten)]
+    pub translate: TranslateArgs,
+}
+
+/// The knobs of the translation that are not in the cluster objects.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TranslateArgs {
+    /// IngressClass name served when no IngressClass object says otherwise.
     #[arg(long, default_value = "pier")]
     pub ingress_class: String,
     /// Port Ingress rules are served on over HTTP.
@@ -110,13 +117,19 @@ pub struct Source {
     pub ingress_https_port: u16,
 }
 
-impl Source {
+impl TranslateArgs {
     pub fn options(&self) -> TranslateOptions {
         TranslateOptions {
             ingress_class: self.ingress_class.clone(),
             ingress_http_port: self.ingress_http_port,
             ingress_https_port: self.ingress_https_port,
         }
+    }
+}
+
+impl Source {
+    pub fn options(&self) -> TranslateOptions {
+        self.translate.options()
     }
 }
 
@@ -162,15 +175,8 @@ pub struct ClusterArgs {
     /// kubeconfig context (default: the current one).
     #[arg(long)]
     pub context: Option<String>,
-    /// IngressClass name served when no IngressClass object says otherwise.
-    #[arg(long, default_value = "pier")]
-    pub ingress_class: String,
-    /// Port Ingress rules are served on over HTTP.
-    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u16).range(1..))]
-    pub ingress_http_port: u16,
-    /// Port Ingress TLS hosts are served on.
-    #[arg(long, default_value_t = 443, value_parser = clap::value_parser!(u16).range(1..))]
-    pub ingress_https_port: u16,
+    #[command(flatten)]
+    pub translate: TranslateArgs,
     /// Milliseconds of quiet before a change is re-translated (changes in the window are batched).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub debounce_ms: u64,
@@ -219,11 +225,7 @@ pub struct ClusterArgs {
 
 impl ClusterArgs {
     pub fn options(&self) -> TranslateOptions {
-        TranslateOptions {
-            ingress_class: self.ingress_class.clone(),
-            ingress_http_port: self.ingress_http_port,
-            ingress_https_port: self.ingress_https_port,
-        }
+        self.translate.options()
     }
 
     /// Lease timings must let a leader stop writing before another may take over.

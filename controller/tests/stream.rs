@@ -13,27 +13,12 @@ use pier_stream::{
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use pier_tests::host::{free_port, Kill};
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -156,6 +141,15 @@ fn follow(
     (status, latest)
 }
 
+/// How many certificates the follower's latest snapshot holds.
+fn certificates(latest: &Latest) -> usize {
+    latest
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map_or(0, |s| s.certificates.data.len())
+}
+
 fn mtls(files: &TlsFiles) -> Option<ClientTls> {
     Some(ClientTls {
         config: client_config(files).unwrap(),
@@ -234,17 +228,7 @@ fn mutual_tls_refuses_strangers_and_each_subscriber_gets_only_its_view() {
         hb,
     );
     assert!(st.wait_installed(Duration::from_secs(20)));
-    assert_eq!(
-        latest
-            .lock()
-            .unwrap()
-            .as_ref()
-            .unwrap()
-            .certificates
-            .data
-            .len(),
-        2
-    );
+    assert_eq!(certificates(&latest), 2);
 
     // An agent: no routes, no keys.
     let agent = Subscriber::Agent { node: "n1".into() };
@@ -438,15 +422,5 @@ fn a_silent_connection_is_noticed_within_the_heartbeat_window_and_the_state_dir_
     assert!(st2.wait_installed(Duration::from_secs(5)));
     assert_eq!(st2.origin(), Origin::StateDir);
     assert!(!st2.connected());
-    assert_eq!(
-        latest2
-            .lock()
-            .unwrap()
-            .as_ref()
-            .unwrap()
-            .certificates
-            .data
-            .len(),
-        2
-    );
+    assert_eq!(certificates(&latest2), 2);
 }

@@ -8,14 +8,13 @@
 //! an unchanged status look changed.
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as K8sCondition, Time};
 use pier_translate::status::{
     merge_conditions, merge_route_parents, ListenerStatus, ParentRefStatus, RouteParentStatus,
 };
 use pier_translate::{
-    ClusterState, Condition, ObjectRef, StatusPatch, StatusUpdate, TranslateOptions, Warning,
-    GATEWAY_CONTROLLER_NAME, INGRESS_CONTROLLER_NAME,
+    ingress_is_ours, ClusterState, Condition, ObjectRef, StatusPatch, StatusUpdate,
+    TranslateOptions, Warning, GATEWAY_CONTROLLER_NAME,
 };
 use serde_json::{json, Map, Value};
 
@@ -187,53 +186,6 @@ pub fn wanted(
         }
     }
     out
-}
-
-const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
-const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
-
-/// Whether pier serves this Ingress (the translator's rule).
-pub fn ingress_is_ours(
-    state: &ClusterState,
-    options: &TranslateOptions,
-    ingress: &Ingress,
-) -> bool {
-    let controller_of = |c: &k8s_openapi::api::networking::v1::IngressClass| {
-        c.spec
-            .as_ref()
-            .and_then(|s| s.controller.as_deref())
-            .map(str::to_string)
-    };
-    let class_is_ours = |class: &str| match state
-        .ingress_classes
-        .iter()
-        .find(|c| c.metadata.name.as_deref() == Some(class))
-    {
-        Some(c) => controller_of(c).as_deref() == Some(INGRESS_CONTROLLER_NAME),
-        None => class == options.ingress_class,
-    };
-    let spec_class = ingress
-        .spec
-        .as_ref()
-        .and_then(|s| s.ingress_class_name.as_deref());
-    let legacy = ingress
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION))
-        .map(String::as_str);
-    match spec_class.or(legacy) {
-        Some(class) => class_is_ours(class),
-        None => state.ingress_classes.iter().any(|c| {
-            c.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
-                .map(String::as_str)
-                == Some("true")
-                && controller_of(c).as_deref() == Some(INGRESS_CONTROLLER_NAME)
-        }),
-    }
 }
 
 fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {

@@ -12,7 +12,7 @@ use crate::precedence::PrecedenceKey;
 use crate::routes::{seniority, ListenerBuilder};
 use crate::services::backend_key;
 use crate::status::{ObjectRef, Warning};
-use crate::{TranslateOptions, Translation, INGRESS_CONTROLLER_NAME};
+use crate::{ClusterState, TranslateOptions, Translation, INGRESS_CONTROLLER_NAME};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use pier_snapshot::{
     BackendRef, HttpRouteEntry, PathMatch, PortProtocol, RequestMatch, RouteAction, RouteSource,
@@ -22,10 +22,16 @@ use pier_snapshot::{
 const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
-/// Whether pier serves this Ingress.
-fn is_ours(index: &Index<'_>, options: &TranslateOptions, ingress: &Ingress) -> bool {
-    let class_is_ours = |class: &str| match index
-        .state
+/// Whether pier serves this Ingress: its class (field, else the legacy
+/// annotation, else the default IngressClass) names pier's controller, or
+/// is `options.ingress_class` when no IngressClass object says otherwise.
+/// The status writer uses the same rule.
+pub fn ingress_is_ours(
+    state: &ClusterState,
+    options: &TranslateOptions,
+    ingress: &Ingress,
+) -> bool {
+    let class_is_ours = |class: &str| match state
         .ingress_classes
         .iter()
         .find(|c| name(&c.metadata) == class)
@@ -47,7 +53,7 @@ fn is_ours(index: &Index<'_>, options: &TranslateOptions, ingress: &Ingress) -> 
         .map(String::as_str);
     match spec_class.or(legacy) {
         Some(class) => class_is_ours(class),
-        None => index.state.ingress_classes.iter().any(|c| {
+        None => state.ingress_classes.iter().any(|c| {
             c.metadata
                 .annotations
                 .as_ref()
@@ -145,7 +151,7 @@ pub(crate) fn translate_ingresses(
         .state
         .ingresses
         .iter()
-        .filter(|i| is_ours(index, options, i))
+        .filter(|i| ingress_is_ours(index.state, options, i))
         .collect();
     if ours.is_empty() {
         return;

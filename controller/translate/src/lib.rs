@@ -28,6 +28,7 @@ use pier_snapshot::Snapshot;
 use serde::{Deserialize, Serialize};
 
 pub use duration::parse_gateway_duration;
+pub use ingress::ingress_is_ours;
 pub use services::{
     apply_endpoint_update, backend_key, endpoints_for_service, translate_service_backends,
 };

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,14 +13,7 @@ pub fn bin() -> std::path::PathBuf {
     pier_tests::binary("pier-proxy-cli", "pier-proxy")
 }
 
-/// A port free at the time of asking.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use pier_tests::host::free_port;
 
 /// Polls until `addr` accepts TCP connections.
 pub fn wait_for_port(addr: SocketAddr) {
